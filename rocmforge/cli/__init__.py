@@ -1,0 +1,1 @@
+"""The ``rocmforge`` command line, one module per command."""

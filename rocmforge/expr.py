@@ -1,0 +1,90 @@
+"""A tiny safe expression grammar for recipe conditions and computed options.
+
+Parsed with ``ast`` and evaluated by walking the tree over a whitelist of
+node types: names (hparams, ``layer``), numbers, strings, booleans,
+arithmetic, comparisons, ``and``/``or``/``not`` and ``a if c else b``.
+Never ``eval``: attribute access, calls, subscripts and lambdas are rejected.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from functools import lru_cache
+from typing import Any, Mapping
+
+_BIN = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_CMP = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
+    ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+
+
+class ExprError(ValueError):
+    pass
+
+
+def _check(node: ast.AST, text: str) -> None:
+    allowed = (ast.Expression, ast.Name, ast.Load, ast.Constant, ast.BinOp, ast.UnaryOp,
+               ast.BoolOp, ast.And, ast.Or, ast.Compare, ast.IfExp, *_BIN, *_CMP, *_UNARY)
+    for sub in ast.walk(node):
+        if not isinstance(sub, allowed):
+            raise ExprError(f"'{text}': {type(sub).__name__} is not allowed in a recipe expression")
+
+
+@lru_cache(maxsize=1024)
+def parse(text: str) -> ast.Expression:
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise ExprError(f"'{text}': not a valid expression ({exc.msg})") from None
+    _check(tree, text)
+    return tree
+
+
+def names(text: str) -> set[str]:
+    return {n.id for n in ast.walk(parse(text)) if isinstance(n, ast.Name)}
+
+
+def evaluate(text: str | int | float | bool, env: Mapping[str, Any]) -> Any:
+    """Evaluate ``text`` with names looked up in ``env``; numbers pass through."""
+    if not isinstance(text, str):
+        return text
+    return _eval(parse(text).body, env, text)
+
+
+def _eval(node: ast.AST, env: Mapping[str, Any], text: str) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in ("true", "True"):
+            return True
+        if node.id in ("false", "False"):
+            return False
+        if node.id not in env:
+            raise ExprError(f"'{text}': unknown name '{node.id}' (known: {', '.join(sorted(env))})")
+        return env[node.id]
+    if isinstance(node, ast.BinOp):
+        return _BIN[type(node.op)](_eval(node.left, env, text), _eval(node.right, env, text))
+    if isinstance(node, ast.UnaryOp):
+        return _UNARY[type(node.op)](_eval(node.operand, env, text))
+    if isinstance(node, ast.BoolOp):
+        if isinstance(node.op, ast.And):
+            return all(_eval(v, env, text) for v in node.values)
+        return any(_eval(v, env, text) for v in node.values)
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, env, text)
+        for op, comp in zip(node.ops, node.comparators):
+            right = _eval(comp, env, text)
+            if not _CMP[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.IfExp):
+        return _eval(node.body if _eval(node.test, env, text) else node.orelse, env, text)
+    raise ExprError(f"'{text}': unsupported expression")

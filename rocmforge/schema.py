@@ -1,0 +1,194 @@
+"""YAML -> validated recipe and tensor-map objects.
+
+YAML is data: ``yaml.safe_load`` only (a ``!!python/object`` tag is an error),
+and every problem raises :class:`SchemaError` naming the file, the key path
+and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import expr
+from .errors import SchemaError
+
+
+def load_yaml(source: Any) -> tuple[dict, str]:
+    """Read YAML from a path or importlib Traversable; returns (data, display name)."""
+    name = str(source)
+    try:
+        text = source.read_text(encoding="utf-8") if hasattr(source, "read_text") else Path(source).read_text()
+    except OSError as exc:
+        raise SchemaError(name, "<file>", "a readable YAML file", str(exc)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        raise SchemaError(name, "<document>", "plain YAML data (tags such as !!python/object are refused)",
+                          str(exc.problem)) from None
+    except yaml.YAMLError as exc:
+        raise SchemaError(name, "<document>", "valid YAML", str(exc).splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise SchemaError(name, "<document>", "a mapping at the top level", type(data).__name__)
+    return data, name
+
+
+def _expect(cond: bool, file: str, key: str, expected: str, found: Any = None) -> None:
+    if not cond:
+        raise SchemaError(file, key, expected, found)
+
+
+def _str_list(v: Any, file: str, key: str) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    _expect(isinstance(v, list) and all(isinstance(s, str) for s in v), file, key, "a string or a list of strings", v)
+    return list(v)
+
+
+def _only_keys(d: dict, allowed: set[str], file: str, key: str) -> None:
+    extra = set(d) - allowed
+    _expect(not extra, file, f"{key}.{sorted(extra)[0] if extra else ''}",
+            f"one of {sorted(allowed)}", sorted(extra))
+
+
+# ---------------------------------------------------------------- recipes
+
+@dataclass
+class HParam:
+    name: str
+    gguf: list[str]
+    hf: list[str]
+    default: Any = None
+    has_default: bool = False
+    type: str = "auto"
+    from_tensor: tuple[str, int] | None = None
+
+
+@dataclass
+class Recipe:
+    name: str
+    file: str
+    description: str
+    gguf_archs: list[str]
+    hf_classes: list[str]
+    hparams: dict[str, HParam]
+    embed: list[dict]
+    block: list[dict]
+    head: list[dict]
+    chat_template: str | None = None
+
+
+_HP_TYPES = {"auto", "int", "float", "bool", "str", "int_list", "float_list"}
+_STEP_SECTIONS = ("embed", "block", "head")
+
+
+def parse_recipe(data: dict, file: str) -> Recipe:
+    _only_keys(data, {"name", "description", "detect", "hparams", *_STEP_SECTIONS, "chat_template"}, file, "")
+    _expect(isinstance(data.get("name"), str), file, "name", "the architecture name (a string)", data.get("name"))
+    det = data.get("detect")
+    _expect(isinstance(det, dict), file, "detect", "a mapping with 'gguf' and/or 'hf' lists", det)
+    _only_keys(det, {"gguf", "hf"}, file, "detect")
+    gguf_archs = _str_list(det.get("gguf", []), file, "detect.gguf")
+    hf_classes = _str_list(det.get("hf", []), file, "detect.hf")
+    _expect(bool(gguf_archs or hf_classes), file, "detect", "at least one GGUF arch id or HF class name")
+
+    hps: dict[str, HParam] = {}
+    raw_hp = data.get("hparams", {})
+    _expect(isinstance(raw_hp, dict), file, "hparams", "a mapping of name -> {gguf, hf, default}", raw_hp)
+    for name, spec in raw_hp.items():
+        key = f"hparams.{name}"
+        _expect(isinstance(spec, dict), file, key, "a mapping with gguf/hf/default/type/from_tensor", spec)
+        _only_keys(spec, {"gguf", "hf", "default", "type", "from_tensor"}, file, key)
+        typ = spec.get("type", "auto")
+        _expect(typ in _HP_TYPES, file, f"{key}.type", f"one of {sorted(_HP_TYPES)}", typ)
+        ft = spec.get("from_tensor")
+        if ft is not None:
+            _expect(isinstance(ft, dict) and isinstance(ft.get("name"), str) and isinstance(ft.get("axis"), int),
+                    file, f"{key}.from_tensor", "{name: <canonical tensor>, axis: <int>}", ft)
+            ft = (ft["name"], ft["axis"])
+        default = spec.get("default")
+        if isinstance(default, str):
+            try:
+                expr.parse(default)
+            except expr.ExprError as exc:
+                raise SchemaError(file, f"{key}.default", "a number or a recipe expression", str(exc)) from None
+        hps[name] = HParam(name, _str_list(spec.get("gguf", []), file, f"{key}.gguf"),
+                           _str_list(spec.get("hf", []), file, f"{key}.hf"), default, "default" in spec, typ, ft)
+
+    sections = {}
+    for sec in _STEP_SECTIONS:
+        steps = data.get(sec, [])
+        _expect(isinstance(steps, list), file, sec, "a list of steps", steps)
+        for i, step in enumerate(steps):
+            _validate_step(step, file, f"{sec}[{i}]")
+        sections[sec] = steps
+    _expect(bool(sections["block"]), file, "block", "a non-empty list of steps")
+    tmpl = data.get("chat_template")
+    _expect(tmpl is None or isinstance(tmpl, str), file, "chat_template", "a Jinja2 template string", tmpl)
+    return Recipe(data["name"], file, str(data.get("description", "")), gguf_archs, hf_classes, hps,
+                  sections["embed"], sections["block"], sections["head"], tmpl)
+
+
+def _validate_step(step: Any, file: str, key: str) -> None:
+    _expect(isinstance(step, dict), file, key, "a step mapping such as {op: rms_norm, in: x, out: h}", step)
+    _expect(isinstance(step.get("op"), str), file, f"{key}.op", "the op name (a string)", step.get("op"))
+    if "if" in step:
+        try:
+            expr.parse(str(step["if"]))
+        except expr.ExprError as exc:
+            raise SchemaError(file, f"{key}.if", "a condition in the recipe grammar", str(exc)) from None
+    if "out" in step:
+        _expect(isinstance(step["out"], str), file, f"{key}.out", "an activation name", step["out"])
+    if "in" in step:
+        v = step["in"]
+        _expect(isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+                file, f"{key}.in", "an activation name or a list of them", v)
+
+
+# ---------------------------------------------------------------- tensor maps
+
+@dataclass
+class TensorEntry:
+    canonical: str          # GGUF-style name without ".weight", may hold {i}
+    hf: list[str]
+    hf_transform: str | None = None
+    optional: bool = False
+    tied_to: str | None = None
+
+
+@dataclass
+class TensorMap:
+    file: str
+    tensors: dict[str, TensorEntry]
+    ignore_hf: list[str] = field(default_factory=list)
+    ignore_gguf: list[str] = field(default_factory=list)
+
+
+def parse_tensor_map(data: dict, file: str) -> TensorMap:
+    _only_keys(data, {"tensors", "ignore"}, file, "")
+    raw = data.get("tensors")
+    _expect(isinstance(raw, dict) and raw, file, "tensors", "a non-empty mapping canonical-name -> {hf: ...}", raw)
+    out: dict[str, TensorEntry] = {}
+    for name, spec in raw.items():
+        key = f"tensors.{name}"
+        _expect(isinstance(name, str), file, key, "a canonical tensor name", name)
+        if spec is None:
+            spec = {}
+        _expect(isinstance(spec, dict), file, key, "a mapping with hf/hf_transform/optional/tied_to", spec)
+        _only_keys(spec, {"hf", "hf_transform", "optional", "tied_to"}, file, key)
+        hf = _str_list(spec.get("hf", []), file, f"{key}.hf")
+        opt = spec.get("optional", False)
+        _expect(isinstance(opt, bool), file, f"{key}.optional", "true or false", opt)
+        tr = spec.get("hf_transform")
+        _expect(tr is None or isinstance(tr, str), file, f"{key}.hf_transform", "a transform name", tr)
+        tied = spec.get("tied_to")
+        _expect(tied is None or tied in raw, file, f"{key}.tied_to", "another tensor of this map", tied)
+        out[name] = TensorEntry(name, hf, tr, opt, tied)
+    ign = data.get("ignore", {}) or {}
+    _expect(isinstance(ign, dict), file, "ignore", "a mapping with 'hf' and/or 'gguf' lists", ign)
+    _only_keys(ign, {"hf", "gguf"}, file, "ignore")
+    return TensorMap(file, out, _str_list(ign.get("hf", []), file, "ignore.hf"),
+                     _str_list(ign.get("gguf", []), file, "ignore.gguf"))
