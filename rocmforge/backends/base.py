@@ -1,0 +1,106 @@
+"""The Backend interface: the primitive ops the recipe ops are written in.
+
+Activations are 2-D ``(T, d)`` float32 arrays of the backend's own kind
+(NumPy or CuPy); head-shaped tensors are ``(T, n_head, head_dim)``. Weights
+are prepared once with :meth:`Backend.weight` and may stay quantised.
+The NumPy backend is the reference; every other backend is tested against it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+
+class Backend(ABC):
+    name: str = "?"
+    device: str = "cpu"
+
+    # -- data movement
+    @abstractmethod
+    def upload(self, a: np.ndarray) -> Any:
+        """Host array -> backend array (float32 unless integer)."""
+
+    @abstractmethod
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """Backend array -> host NumPy array."""
+
+    @abstractmethod
+    def weight(self, raw) -> Any:
+        """Prepare a RawTensor for use in the ops below (may keep it quantised)."""
+
+    # -- ops
+    @abstractmethod
+    def embedding(self, w: Any, ids: np.ndarray) -> Any:
+        """Rows ``ids`` of the (vocab, d) table -> (T, d)."""
+
+    @abstractmethod
+    def linear(self, x: Any, w: Any, bias: Any = None) -> Any:
+        """x (T, in) @ w.T, w being (out, in) -> (T, out); plus bias."""
+
+    @abstractmethod
+    def rms_norm(self, x: Any, w: Any | None, eps: float) -> Any:
+        """x / sqrt(mean(x^2) + eps) * w over the last axis (w None: no scale)."""
+
+    @abstractmethod
+    def layer_norm(self, x: Any, w: Any | None, b: Any | None, eps: float) -> Any:
+        """(x - mean) / sqrt(var + eps) * w + b over the last axis."""
+
+    @abstractmethod
+    def rope(self, x: Any, positions: np.ndarray, inv_freq: np.ndarray, style: str, rot_dim: int,
+             mscale: float = 1.0) -> Any:
+        """Rotary embedding of the first ``rot_dim`` dims of each head of x (T, H, D).
+
+        style "normal" rotates adjacent pairs (2i, 2i+1) (GGUF llama layout);
+        "neox" rotates (i, i + rot_dim/2). angle = position * inv_freq[i];
+        cos/sin are multiplied by ``mscale`` (YaRN attention factor)."""
+
+    @abstractmethod
+    def new_kv_cache(self, n_layer: int, n_kv_head: int, head_dim_k: int, head_dim_v: int, max_tokens: int) -> Any:
+        """An empty KV cache for one sequence."""
+
+    @abstractmethod
+    def attention(self, q: Any, k: Any, v: Any, cache: Any, layer: int, pos0: int, scale: float,
+                  window: int = 0, softcap: float = 0.0) -> Any:
+        """Append k, v (T, Hkv, D) at positions pos0.. to ``cache`` then causal attention for q (T, H, D).
+
+        GQA: query head h reads kv head h // (H // Hkv). ``window`` > 0 lets a
+        query at position p see keys at positions > p - window only.
+        ``softcap`` > 0 applies cap * tanh(score / cap) before the softmax."""
+
+    @abstractmethod
+    def act(self, x: Any, kind: str) -> Any:
+        """Elementwise activation: silu, gelu (erf), gelu_tanh, relu."""
+
+    @abstractmethod
+    def mul(self, a: Any, b: Any) -> Any: ...
+
+    @abstractmethod
+    def add(self, a: Any, b: Any) -> Any: ...
+
+    @abstractmethod
+    def scale(self, a: Any, s: float) -> Any: ...
+
+    @abstractmethod
+    def softcap(self, a: Any, cap: float) -> Any:
+        """cap * tanh(a / cap)."""
+
+    @abstractmethod
+    def moe_route(self, logits: Any, k: int, gating: str, norm_topk: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k experts per token from router logits (T, E).
+
+        gating "softmax": softmax over all experts, then top-k; "sigmoid":
+        sigmoid scores, then top-k. norm_topk renormalises the k weights to
+        sum to 1. Returns (weights (T, k) float32, ids (T, k) int) on the host."""
+
+    @abstractmethod
+    def moe_ffn(self, x: Any, gate: Any, up: Any, down: Any, weights: np.ndarray, ids: np.ndarray,
+                act: str) -> Any:
+        """sum_j weights[t, j] * down_e(act(gate_e(x_t)) * up_e(x_t)), e = ids[t, j].
+
+        gate/up are (E, ff, d) and down (E, d, ff) prepared weights."""
+
+    def synchronize(self) -> None:
+        """Wait for queued work (a no-op on the CPU)."""

@@ -1,0 +1,172 @@
+"""The NumPy reference backend: float32 math, written to be read.
+
+Every GPU kernel is checked against these functions, so clarity wins over
+speed here; the only concessions are BLAS matmuls and in-place updates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Backend
+
+
+class NumpyKVCache:
+    """Per-layer K and V, (capacity, n_kv_head, head_dim), grown by doubling."""
+
+    def __init__(self, n_layer: int, n_kv_head: int, dk: int, dv: int, max_tokens: int):
+        cap = min(max_tokens, 256)
+        self.max_tokens = max_tokens
+        self.k = [np.empty((cap, n_kv_head, dk), np.float32) for _ in range(n_layer)]
+        self.v = [np.empty((cap, n_kv_head, dv), np.float32) for _ in range(n_layer)]
+        self.length = [0] * n_layer
+
+    def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
+        end = pos0 + k.shape[0]
+        if end > self.max_tokens:
+            from ..errors import RocmforgeError
+
+            raise RocmforgeError(f"sequence of {end} tokens exceeds the context of {self.max_tokens}")
+        if end > self.k[layer].shape[0]:
+            cap = min(self.max_tokens, max(end, 2 * self.k[layer].shape[0]))
+            for buf in (self.k, self.v):
+                old = buf[layer]
+                new = np.empty((cap, *old.shape[1:]), np.float32)
+                new[: self.length[layer]] = old[: self.length[layer]]
+                buf[layer] = new
+        self.k[layer][pos0:end] = k
+        self.v[layer][pos0:end] = v
+        self.length[layer] = end
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    device = "cpu"
+
+    def upload(self, a):
+        a = np.asarray(a)
+        return a if a.dtype.kind in "iub" else a.astype(np.float32, copy=False)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def weight(self, raw):
+        return np.ascontiguousarray(raw.dequantize(), dtype=np.float32)
+
+    def embedding(self, w, ids):
+        return w[np.asarray(ids, dtype=np.int64)].astype(np.float32, copy=True)
+
+    def linear(self, x, w, bias=None):
+        y = x @ w.T
+        if bias is not None:
+            y += bias
+        return y
+
+    def rms_norm(self, x, w, eps):
+        y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+        return y * w if w is not None else y
+
+    def layer_norm(self, x, w, b, eps):
+        mu = x.mean(axis=-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+        y = (x - mu) / np.sqrt(var + eps)
+        if w is not None:
+            y = y * w
+        if b is not None:
+            y = y + b
+        return y
+
+    def rope(self, x, positions, inv_freq, style, rot_dim, mscale=1.0):
+        angles = np.asarray(positions, np.float64)[:, None] * np.asarray(inv_freq, np.float64)[None, :]
+        cos = (np.cos(angles) * mscale).astype(np.float32)[:, None, :]  # (T, 1, rot/2)
+        sin = (np.sin(angles) * mscale).astype(np.float32)[:, None, :]
+        out = x.copy()
+        if style == "normal":
+            a, b = x[..., 0:rot_dim:2], x[..., 1:rot_dim:2]
+            out[..., 0:rot_dim:2] = a * cos - b * sin
+            out[..., 1:rot_dim:2] = a * sin + b * cos
+        elif style == "neox":
+            half = rot_dim // 2
+            a, b = x[..., :half], x[..., half:rot_dim]
+            out[..., :half] = a * cos - b * sin
+            out[..., half:rot_dim] = a * sin + b * cos
+        else:
+            raise ValueError(f"unknown rope style {style!r}")
+        return out
+
+    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens):
+        return NumpyKVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens)
+
+    def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0):
+        cache.store(layer, pos0, k, v)
+        n_kv = pos0 + q.shape[0]
+        keys, vals = cache.k[layer][:n_kv], cache.v[layer][:n_kv]   # (S, Hkv, D)
+        T, H, D = q.shape
+        Hkv = keys.shape[1]
+        qg = q.reshape(T, Hkv, H // Hkv, D)                         # query heads grouped by kv head
+        scores = np.einsum("tkgd,skd->kgts", qg, keys) * scale      # (Hkv, G, T, S)
+        if softcap:
+            scores = softcap * np.tanh(scores / softcap)
+        qpos = np.arange(pos0, pos0 + T)[:, None]
+        kpos = np.arange(n_kv)[None, :]
+        visible = kpos <= qpos
+        if window:
+            visible &= kpos > qpos - window
+        scores = np.where(visible, scores, -np.inf)
+        scores -= scores.max(axis=-1, keepdims=True)
+        p = np.exp(scores)
+        p /= p.sum(axis=-1, keepdims=True)
+        out = np.einsum("kgts,skd->tkgd", p, vals)                  # (T, Hkv, G, Dv)
+        return np.ascontiguousarray(out.reshape(T, H, vals.shape[-1]), dtype=np.float32)
+
+    def act(self, x, kind):
+        if kind == "silu":
+            return x / (1.0 + np.exp(-x))
+        if kind == "gelu_tanh":
+            return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+        if kind == "gelu":
+            from math import erf
+
+            return (0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / math.sqrt(2.0)))).astype(np.float32)
+        if kind == "relu":
+            return np.maximum(x, 0)
+        raise ValueError(f"unknown activation {kind!r}")
+
+    def mul(self, a, b):
+        return a * b
+
+    def add(self, a, b):
+        return a + b
+
+    def scale(self, a, s):
+        return a * np.float32(s)
+
+    def softcap(self, a, cap):
+        return np.float32(cap) * np.tanh(a / np.float32(cap))
+
+    def moe_route(self, logits, k, gating, norm_topk):
+        logits = np.asarray(logits, np.float32)
+        if gating == "softmax":
+            z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probs = z / z.sum(axis=-1, keepdims=True)
+        elif gating == "sigmoid":
+            probs = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            raise ValueError(f"unknown gating {gating!r}")
+        # stable order: highest weight first, lower expert id on ties
+        ids = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+        w = np.take_along_axis(probs, ids, axis=-1)
+        if norm_topk:
+            w = w / w.sum(axis=-1, keepdims=True)
+        return w.astype(np.float32), ids
+
+    def moe_ffn(self, x, gate, up, down, weights, ids, act):
+        out = np.zeros((x.shape[0], down.shape[1]), np.float32)
+        for e in np.unique(ids):
+            rows, slot = np.nonzero(ids == e)
+            xe = x[rows]
+            h = self.act(xe @ gate[e].T, act) * (xe @ up[e].T)
+            out[rows] += weights[rows, slot][:, None] * (h @ down[e].T)
+        return out

@@ -1,0 +1,134 @@
+"""load_model(): detect -> load -> map -> hparams -> recipe -> backend."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .detect import detect
+from .hparams import resolve_hparams
+from .recipe import Executor
+from .registry import ArchSpec
+from .tensor_map import MappedTensor, check_complete, map_tensors, materialize
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """One sequence's KV cache: feed tokens, get the logits of the last one."""
+
+    def __init__(self, model: "Model", max_tokens: int):
+        self.model = model
+        self.cache = model.executor.new_cache(max_tokens)
+        self.n_past = 0
+        self.tokens: list[int] = []
+
+    def feed(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
+        """Run ``ids`` after what was fed before; logits of the last token (or all, (T, vocab))."""
+        if not ids:
+            raise ValueError("feed() needs at least one token")
+        out = self.model.executor.forward(ids, self.cache, self.n_past)
+        self.n_past += len(ids)
+        self.tokens.extend(int(i) for i in ids)
+        logits = self.model.backend.to_numpy(out)
+        return logits if all_logits else logits[-1]
+
+
+@dataclass
+class Model:
+    spec: ArchSpec
+    hparams: dict[str, Any]
+    tensors: dict[str, MappedTensor]
+    tokenizer: Any
+    backend: Any
+    path: str
+    file_format: str
+    metadata: dict[str, Any]
+    file_size: int = 0
+
+    def __post_init__(self):
+        self.executor = Executor(self.spec.recipe_obj, self.hparams, self._raw, self.backend)
+
+    @property
+    def arch(self) -> str:
+        return self.spec.name
+
+    @property
+    def context_length(self) -> int:
+        return int(self.hparams.get("context_length") or 4096)
+
+    def _raw(self, name: str):
+        t = self.tensors.get(name)
+        return None if t is None else materialize(t, self.hparams)
+
+    def new_session(self, max_tokens: int | None = None) -> Session:
+        return Session(self, max_tokens or self.context_length)
+
+    def logits(self, ids) -> np.ndarray:
+        """Stateless full-sequence forward: float32 (T, vocab)."""
+        ids = [int(i) for i in ids]
+        return self.new_session(max(len(ids), 1)).feed(ids, all_logits=True).astype(np.float32, copy=False)
+
+    def generate(self, prompt: str | list[int], max_tokens: int = 64, **sampling: Any) -> Iterator[str]:
+        """Stream text pieces of the continuation of ``prompt`` (see rocmforge.generate)."""
+        from .generate import generate
+
+        return generate(self, prompt, max_tokens=max_tokens, **sampling)
+
+    # ---- facts for `rocmforge info`
+    def quant_mix(self) -> dict[str, int]:
+        mix: dict[str, int] = {}
+        seen = set()
+        for t in self.tensors.values():
+            if id(t.raw) in seen:
+                continue
+            seen.add(id(t.raw))
+            mix[t.raw.qtype] = mix.get(t.raw.qtype, 0) + 1
+        return dict(sorted(mix.items(), key=lambda kv: -kv[1]))
+
+    def n_params(self) -> int:
+        seen, n = set(), 0
+        for t in self.tensors.values():
+            if id(t.raw) not in seen:
+                seen.add(id(t.raw))
+                n += t.raw.n_elements
+        return n
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", tokenizer: bool = True) -> Model:
+    """Open a GGUF file or HF folder (or an installed model's short name) and build a Model."""
+    from .backends import get_backend
+    from .installed_models import resolve_model
+    from .loaders.detect_format import open_model_file
+
+    resolved = resolve_model(str(path))
+    loaded = open_model_file(str(resolved))
+    spec = detect(loaded)
+    recipe, tmap = spec.recipe_obj, spec.map_obj
+    where = loaded.path
+    mapped = map_tensors(tmap, loaded.format, loaded.tensors, where)
+    shapes = {k: v.raw.shape for k, v in mapped.items()}
+    hp = resolve_hparams(recipe, loaded.format, loaded.metadata, shapes, where)
+    check_complete(tmap, mapped, int(hp["n_layer"]), where)
+    tok = _load_tokenizer(loaded) if tokenizer else None
+    backend = get_backend(device)
+    log.info("loaded %s as %s (%d tensors) on %s", where, spec.name, len(mapped), backend.name)
+    return Model(spec, hp, mapped, tok, backend, where, loaded.format, loaded.metadata, loaded.file_size)
+
+
+def _load_tokenizer(loaded):
+    from .tokenizer import Tokenizer
+
+    if loaded.format == "gguf":
+        if "tokenizer.ggml.tokens" not in loaded.metadata:
+            return None
+        return Tokenizer.from_gguf_metadata(loaded.metadata)
+    folder = Path(loaded.path)
+    if (folder / "tokenizer.json").exists():
+        return Tokenizer.from_hf_folder(folder)
+    return None

@@ -1,0 +1,44 @@
+"""Recipe ops: the verbs an architecture YAML is written in.
+
+Each op is ``fn(ctx, step)``: it reads activations and tensors named in the
+step, computes with the backend's primitives and stores ``step["out"]``.
+Built-in ops are listed here; plugins add more through ``register_ops``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from . import attention, core, ffn, moe
+
+OpFn = Callable[["object", dict], None]
+
+BUILTIN_OPS: dict[str, OpFn] = {
+    "embedding": core.embedding,
+    "rms_norm": core.rms_norm,
+    "layer_norm": core.layer_norm,
+    "add": core.add,
+    "scale": core.scale,
+    "output": core.output,
+    "attention": attention.attention,
+    "swiglu": ffn.gated_ffn,   # gate act: silu by default
+    "geglu": ffn.geglu,
+    "mlp": ffn.mlp,
+    "moe": moe.moe,
+}
+
+
+def all_ops() -> dict[str, OpFn]:
+    """Built-in ops plus those plugins register (a plugin may not replace a built-in)."""
+    from ..errors import PluginError
+    from ..plugins import get_plugin_manager
+
+    ops = dict(BUILTIN_OPS)
+
+    def register(name: str, fn: OpFn) -> None:
+        if name in ops:
+            raise PluginError(f"recipe op '{name}' is already defined; choose another name")
+        ops[name] = fn
+
+    get_plugin_manager().hook.register_ops(register=register)
+    return ops

@@ -1,0 +1,46 @@
+"""Embedding, norms, residual add, scaling and the output head."""
+
+from __future__ import annotations
+
+
+def embedding(ctx, step):
+    """{op: embedding, weight: token_embd, scale?: expr, out: x}"""
+    x = ctx.backend.embedding(ctx.tensor(step["weight"]), ctx.ids)
+    if "scale" in step:
+        x = ctx.backend.scale(x, ctx.value(step, "scale"))
+    ctx.set(step["out"], x)
+
+
+def rms_norm(ctx, step):
+    """{op: rms_norm, in, weight, eps?: expr (default norm_eps), out}"""
+    x = ctx.get(step["in"])
+    w = ctx.tensor(step["weight"]) if "weight" in step else None
+    ctx.set(step["out"], ctx.backend.rms_norm(x, w, ctx.value(step, "eps", "norm_eps")))
+
+
+def layer_norm(ctx, step):
+    """{op: layer_norm, in, weight, bias?, eps?, out}"""
+    x = ctx.get(step["in"])
+    w = ctx.tensor(step["weight"]) if "weight" in step else None
+    b = ctx.tensor(step["bias"], optional=True) if "bias" in step else None
+    ctx.set(step["out"], ctx.backend.layer_norm(x, w, b, ctx.value(step, "eps", "norm_eps")))
+
+
+def add(ctx, step):
+    """{op: add, in: [a, b], out}"""
+    a, b = step["in"]
+    ctx.set(step["out"], ctx.backend.add(ctx.get(a), ctx.get(b)))
+
+
+def scale(ctx, step):
+    """{op: scale, in, by: expr, out}"""
+    ctx.set(step["out"], ctx.backend.scale(ctx.get(step["in"]), ctx.value(step, "by")))
+
+
+def output(ctx, step):
+    """{op: output, in, weight: output, softcap?: expr, out: logits}"""
+    y = ctx.backend.linear(ctx.get(step["in"]), ctx.tensor(step["weight"]))
+    cap = ctx.value(step, "softcap", 0.0)
+    if cap:
+        y = ctx.backend.softcap(y, cap)
+    ctx.set(step["out"], y)

@@ -1,0 +1,129 @@
+"""The recipe executor: runs an architecture's YAML steps over a backend.
+
+``embed`` steps run once, ``block`` steps once per layer (tensor names
+relative to ``blk.{layer}.``), ``head`` steps once. A step with ``if:`` runs
+only when its condition (the tiny grammar of rocmforge.expr, over hparams and
+``layer``) holds. Step options that are strings are expressions, so quirks
+such as Gemma's sqrt(d) embedding scale stay in YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from . import expr
+from .errors import RocmforgeError, SchemaError, TensorMapError
+from .schema import Recipe
+
+# Step keys whose string values are names (activations, tensors, styles), never expressions.
+_NAME_KEYS = {"op", "in", "out", "weight", "bias", "q", "k", "v", "o", "qkv", "q_norm", "k_norm", "rope",
+              "rope_freqs", "gate", "up", "down", "gate_up", "router", "shared", "gating", "act", "if"}
+
+
+class Context:
+    """What an op sees: activations, the layer's tensors, hparams, positions and the KV cache."""
+
+    def __init__(self, executor: "Executor", ids: np.ndarray, cache: Any, pos0: int):
+        self.executor = executor
+        self.backend = executor.backend
+        self.hp = executor.hparams
+        self.ids = ids
+        self.cache = cache
+        self.pos0 = pos0
+        self.positions = np.arange(pos0, pos0 + len(ids), dtype=np.int64)
+        self.layer: int | None = None
+        self.env: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        try:
+            return self.env[name]
+        except KeyError:
+            raise RocmforgeError(f"recipe {self.executor.recipe.file}: activation '{name}' is used before it is set "
+                                 f"(set so far: {', '.join(self.env)})") from None
+
+    def set(self, name: str, value: Any) -> None:
+        self.env[name] = value
+
+    def tensor(self, name: str, optional: bool = False, host: bool = False) -> Any:
+        full = f"blk.{self.layer}.{name}" if self.layer is not None else name
+        return self.executor.weight(full, optional=optional, host=host)
+
+    def value(self, step: dict, key: str, default: Any = None) -> Any:
+        """A step option evaluated over hparams + layer; ``default`` may itself be an expression."""
+        raw = step.get(key, default)
+        if raw is None:
+            return None
+        env = {**self.hp, "layer": self.layer if self.layer is not None else -1}
+        try:
+            return expr.evaluate(raw, env)
+        except expr.ExprError as exc:
+            raise SchemaError(self.executor.recipe.file, f"{step.get('op')}.{key}", "a valid expression",
+                              str(exc)) from None
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        return self.executor.cached(key, make)
+
+
+class Executor:
+    def __init__(self, recipe: Recipe, hparams: dict, get_raw: Callable[[str], Any], backend,
+                 ops: dict[str, Callable] | None = None):
+        from .ops import all_ops
+
+        self.recipe = recipe
+        self.hparams = hparams
+        self.backend = backend
+        self._get_raw = get_raw
+        self._weights: dict[str, Any] = {}
+        self._cache: dict[Any, Any] = {}
+        self.ops = ops if ops is not None else all_ops()
+        for section in ("embed", "block", "head"):
+            for i, step in enumerate(getattr(recipe, section)):
+                if step["op"] not in self.ops:
+                    raise SchemaError(recipe.file, f"{section}[{i}].op", f"one of {sorted(self.ops)}", step["op"])
+
+    def weight(self, name: str, optional: bool = False, host: bool = False) -> Any:
+        key = (name, host)
+        if key not in self._weights:
+            raw = self._get_raw(name)
+            if raw is None:
+                if optional:
+                    return None
+                raise TensorMapError(f"recipe {self.recipe.file} needs tensor '{name}', which the model does not have")
+            self._weights[key] = raw.dequantize() if host else self.backend.weight(raw)
+        return self._weights[key]
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def new_cache(self, max_tokens: int) -> Any:
+        hp = self.hparams
+        return self.backend.new_kv_cache(hp["n_layer"], hp["n_head_kv"], hp["head_dim"],
+                                         hp.get("head_dim_v") or hp["head_dim"], max_tokens)
+
+    def _run(self, steps: list[dict], ctx: Context) -> None:
+        env = {**self.hparams, "layer": ctx.layer if ctx.layer is not None else -1}
+        for step in steps:
+            cond = step.get("if")
+            if cond is not None and not expr.evaluate(str(cond), env):
+                continue
+            self.ops[step["op"]](ctx, step)
+
+    def forward(self, ids, cache: Any, pos0: int, out: str = "logits") -> Any:
+        """Run the recipe for tokens ``ids`` at positions pos0..; returns the ``out`` activation (T, vocab)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        vocab = self.hparams.get("vocab_size")
+        if vocab and ((ids < 0) | (ids >= vocab)).any():
+            bad = ids[(ids < 0) | (ids >= vocab)][0]
+            raise RocmforgeError(f"token id {int(bad)} is outside the vocabulary (0..{vocab - 1})")
+        ctx = Context(self, ids, cache, pos0)
+        self._run(self.recipe.embed, ctx)
+        for layer in range(self.hparams["n_layer"]):
+            ctx.layer = layer
+            self._run(self.recipe.block, ctx)
+        ctx.layer = None
+        self._run(self.recipe.head, ctx)
+        return ctx.get(out)
