@@ -122,13 +122,15 @@ def load_model(path: str | os.PathLike, device: str = "cpu", tokenizer: bool = T
 
 
 def _load_tokenizer(loaded):
-    from .tokenizer import Tokenizer
-
     if loaded.format == "gguf":
         if "tokenizer.ggml.tokens" not in loaded.metadata:
             return None
+        from .tokenizer import Tokenizer
+
         return Tokenizer.from_gguf_metadata(loaded.metadata)
     folder = Path(loaded.path)
     if (folder / "tokenizer.json").exists():
+        from .tokenizer import Tokenizer
+
         return Tokenizer.from_hf_folder(folder)
     return None

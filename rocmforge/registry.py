@@ -68,7 +68,7 @@ def reset() -> None:
 
 
 def _collect() -> dict[str, ArchSpec]:
-    from .plugins import get_plugin_manager, source_of
+    from .plugin_manager import get_plugin_manager, source_of
 
     pm = get_plugin_manager()
     specs: dict[str, ArchSpec] = {}

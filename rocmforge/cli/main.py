@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         mod.add_parser(sub)
-    from ..plugins import get_plugin_manager
+    from ..plugin_manager import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(cli=sub)
     return parser

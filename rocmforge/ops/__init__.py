@@ -31,7 +31,7 @@ BUILTIN_OPS: dict[str, OpFn] = {
 def all_ops() -> dict[str, OpFn]:
     """Built-in ops plus those plugins register (a plugin may not replace a built-in)."""
     from ..errors import PluginError
-    from ..plugins import get_plugin_manager
+    from ..plugin_manager import get_plugin_manager
 
     ops = dict(BUILTIN_OPS)
 

@@ -24,10 +24,6 @@ ALLOWLIST_ENV = "ROCMFORGE_PLUGINS"
 # One module per built-in plugin, under rocmforge.plugins (the top-level plugins/ folder).
 BUILTIN_PLUGINS = (
     "llama",
-    "qwen",
-    "glm",
-    "gemma",
-    "phi",
 )
 
 

@@ -1,0 +1,72 @@
+"""Next-token sampling as small pure functions over a logits vector.
+
+Order (as llama.cpp and HF apply them): repetition penalty -> temperature ->
+top-k -> top-p -> min-p -> draw. Temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+def apply_repetition_penalty(logits: np.ndarray, previous: list[int], penalty: float) -> np.ndarray:
+    """CTRL-style: divide positive logits of seen tokens by ``penalty``, multiply negative ones."""
+    if penalty == 1.0 or not previous:
+        return logits
+    logits = logits.copy()
+    seen = np.unique(np.asarray(previous, dtype=np.int64))
+    vals = logits[seen]
+    logits[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return logits
+
+
+def logits_to_probs(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
+    """Probabilities after temperature, top-k, top-p and min-p (zeros for removed tokens)."""
+    z = logits.astype(np.float64) / p.temperature
+    if p.top_k and p.top_k < z.size:
+        kth = np.partition(z, -p.top_k)[-p.top_k]
+        z = np.where(z < kth, -np.inf, z)
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if p.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cum = np.cumsum(probs[order])
+        keep = cum - probs[order] < p.top_p          # keep the token that crosses top_p
+        mask = np.zeros_like(probs, dtype=bool)
+        mask[order[keep]] = True
+        probs = np.where(mask, probs, 0.0)
+    if p.min_p > 0:
+        probs = np.where(probs >= p.min_p * probs.max(), probs, 0.0)
+    return probs / probs.sum()
+
+
+def sample(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator, previous: list[int] = ()) -> int:
+    logits = apply_repetition_penalty(np.asarray(logits, np.float32), list(previous), p.repetition_penalty)
+    if p.temperature == 0:
+        return int(np.argmax(logits))
+    probs = logits_to_probs(logits, p)
+    return int(rng.choice(probs.size, p=probs))

@@ -1,0 +1,1 @@
+"""Test support any plugin can use: tiny random models and the conformance suite."""

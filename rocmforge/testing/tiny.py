@@ -1,0 +1,105 @@
+"""Tiny random models in Hugging Face and GGUF form, for tests and conformance runs.
+
+The HF form is made by ``transformers`` itself (a real checkpoint, written by
+save_pretrained) so that logits can be compared against it; the GGUF form is
+written from the HF form with ``gguf.GGUFWriter`` through the architecture's
+own tensor map (names and transforms) and its recipe's GGUF hparam keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def make_hf_model(hf_class: str, config: dict[str, Any], folder: str | Path, seed: int = 0,
+                  dtype: str = "float32") -> Path:
+    """Build ``transformers.<hf_class>`` from ``config`` with random weights and save it to ``folder``."""
+    import torch
+    import transformers
+
+    folder = Path(folder)
+    model_type = config["model_type"]
+    cfg_cls = transformers.AutoConfig.for_model(model_type).__class__
+    cfg = cfg_cls(**{k: v for k, v in config.items() if k != "model_type"})
+    cfg.architectures = [hf_class]
+    torch.manual_seed(seed)
+    model = getattr(transformers, hf_class)(cfg).eval()
+    # Random init is small and near-symmetric; widen norms so every op matters.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and p.dim() == 1:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.05 * torch.randn_like(p))
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def hf_logits(folder: str | Path, ids: list[int]) -> np.ndarray:
+    """Logits (T, vocab) from transformers in float32 for one sequence."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), use_cache=False)
+    return out.logits[0].float().numpy()
+
+
+def hf_to_gguf(folder: str | Path, out_path: str | Path, qtype: str = "F32") -> Path:
+    """Write the HF checkpoint in ``folder`` as a GGUF file, through rocmforge's map and recipe.
+
+    ``qtype`` (F32, F16, Q8_0, Q4_0, ...) is applied to 2-D weights whose rows
+    fit the block size; norms and biases stay F32, as llama.cpp does."""
+    import gguf
+
+    from ..detect import detect
+    from ..hparams import resolve_hparams
+    from ..loaders.hf import read_hf_folder
+    from ..quant import get_format, quantize
+    from ..tensor_map import check_complete, map_tensors, materialize
+
+    loaded = read_hf_folder(str(folder))
+    spec = detect(loaded)
+    recipe = spec.recipe_obj
+    mapped = map_tensors(spec.map_obj, "hf", loaded.tensors, str(folder))
+    hp = resolve_hparams(recipe, "hf", loaded.metadata, {k: v.raw.shape for k, v in mapped.items()}, str(folder))
+    check_complete(spec.map_obj, dict(mapped), hp["n_layer"], str(folder))
+    arch = recipe.gguf_archs[0]
+    w = gguf.GGUFWriter(str(out_path), arch)
+    for name, h in recipe.hparams.items():
+        if not h.gguf or hp.get(name) is None:
+            continue
+        key = h.gguf[0].replace("{arch}", arch)
+        val = hp[name]
+        if isinstance(val, bool):
+            w.add_bool(key, val)
+        elif isinstance(val, int):
+            w.add_uint32(key, val) if val >= 0 else w.add_int32(key, val)
+        elif isinstance(val, float):
+            w.add_float32(key, val)
+        elif isinstance(val, str):
+            w.add_string(key, val)
+        elif isinstance(val, list):
+            w.add_array(key, val)
+    fmt = get_format(qtype)
+    for canon, t in sorted(mapped.items()):
+        arr = materialize(t, hp).dequantize().astype(np.float32)
+        name = canon if canon.endswith(".bias") else canon + ".weight"
+        if qtype != "F32" and arr.ndim >= 2 and arr.shape[-1] % fmt.block_size == 0:
+            if qtype == "F16":
+                w.add_tensor(name, arr.astype(np.float16))
+            else:
+                raw = quantize(arr, qtype)
+                w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType[qtype])
+        else:
+            w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(out_path)
