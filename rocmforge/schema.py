@@ -79,6 +79,7 @@ class Recipe:
     block: list[dict]
     head: list[dict]
     chat_template: str | None = None
+    tiny: list[dict] = field(default_factory=list)
 
 
 _HP_TYPES = {"auto", "int", "float", "bool", "str", "int_list", "float_list"}
@@ -86,7 +87,8 @@ _STEP_SECTIONS = ("embed", "block", "head")
 
 
 def parse_recipe(data: dict, file: str) -> Recipe:
-    _only_keys(data, {"name", "description", "detect", "hparams", *_STEP_SECTIONS, "chat_template"}, file, "")
+    _only_keys(data, {"name", "description", "detect", "hparams", *_STEP_SECTIONS, "chat_template", "tiny"},
+               file, "")
     _expect(isinstance(data.get("name"), str), file, "name", "the architecture name (a string)", data.get("name"))
     det = data.get("detect")
     _expect(isinstance(det, dict), file, "detect", "a mapping with 'gguf' and/or 'hf' lists", det)
@@ -128,8 +130,14 @@ def parse_recipe(data: dict, file: str) -> Recipe:
     _expect(bool(sections["block"]), file, "block", "a non-empty list of steps")
     tmpl = data.get("chat_template")
     _expect(tmpl is None or isinstance(tmpl, str), file, "chat_template", "a Jinja2 template string", tmpl)
+    tiny = data.get("tiny", [])
+    _expect(isinstance(tiny, list), file, "tiny", "a list of {name, hf_class, config} test models", tiny)
+    for i, t in enumerate(tiny):
+        _expect(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("hf_class"), str)
+                and isinstance(t.get("config"), dict) and "model_type" in t["config"],
+                file, f"tiny[{i}]", "{name: str, hf_class: <HF class>, config: {model_type: ..., ...}}", t)
     return Recipe(data["name"], file, str(data.get("description", "")), gguf_archs, hf_classes, hps,
-                  sections["embed"], sections["block"], sections["head"], tmpl)
+                  sections["embed"], sections["block"], sections["head"], tmpl, tiny)
 
 
 def _validate_step(step: Any, file: str, key: str) -> None:
