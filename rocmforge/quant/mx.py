@@ -28,7 +28,9 @@ Special values, per the spec:
 * scale 0xFF is NaN: the whole block decodes to NaN;
 * FP8 E4M3 has NaN but no infinity; E5M2 has both; FP6, FP4 and INT8 have
   neither;
-* MXINT8 elements carry an implicit scale of 2**-6 (range [-2, 127/64]).
+* MXINT8 elements carry an implicit scale of 2**-6 (range [-2, 127/64]);
+  the encoder saturates to the symmetric range [-127/64, 127/64], so it never
+  writes 0x80 (-2), which decoding still accepts.
 
 Encoding follows the spec's reference conversion: the shared exponent is
 ``floor(log2(amax)) - emax_elem`` (clamped to E8M0's [-127, 127]), then every
