@@ -38,6 +38,21 @@ class Session:
         logits = self.model.backend.to_numpy(out)
         return logits if all_logits else logits[-1]
 
+    @staticmethod
+    def feed_batch(sessions: list["Session"], seqs: list[list[int]], all_logits: bool = False) -> list[np.ndarray]:
+        """Feed each session its tokens in one batched forward (decode steps of many requests)."""
+        model = sessions[0].model
+        out = model.executor.forward_batch([(ids, s.cache, s.n_past) for s, ids in zip(sessions, seqs)])
+        logits = model.backend.to_numpy(out)
+        result, row = [], 0
+        for s, ids in zip(sessions, seqs):
+            part = logits[row: row + len(ids)]
+            row += len(ids)
+            s.n_past += len(ids)
+            s.tokens.extend(int(i) for i in ids)
+            result.append(part if all_logits else part[-1])
+        return result
+
 
 @dataclass
 class Model:
@@ -73,6 +88,11 @@ class Model:
         """Stateless full-sequence forward: float32 (T, vocab)."""
         ids = [int(i) for i in ids]
         return self.new_session(max(len(ids), 1)).feed(ids, all_logits=True).astype(np.float32, copy=False)
+
+    def logits_batch(self, seqs: list[list[int]]) -> list[np.ndarray]:
+        """Stateless forward of several sequences in one batched pass; one (T_i, vocab) array each."""
+        sessions = [self.new_session(max(len(s), 1)) for s in seqs]
+        return Session.feed_batch(sessions, seqs, all_logits=True)
 
     def generate(self, prompt: str | list[int], max_tokens: int = 64, **sampling: Any) -> Iterator[str]:
         """Stream text pieces of the continuation of ``prompt`` (see rocmforge.generate)."""

@@ -22,17 +22,28 @@ _NAME_KEYS = {"op", "in", "out", "weight", "bias", "q", "k", "v", "o", "qkv", "q
               "rope_freqs", "gate", "up", "down", "gate_up", "router", "shared", "gating", "act", "if"}
 
 
+class Segment:
+    """``length`` rows of the batch that continue one sequence at position ``pos0`` in ``cache``."""
+
+    __slots__ = ("start", "length", "cache", "pos0")
+
+    def __init__(self, start: int, length: int, cache: Any, pos0: int):
+        self.start, self.length, self.cache, self.pos0 = start, length, cache, pos0
+
+
 class Context:
     """What an op sees: activations, the layer's tensors, hparams, positions and the KV cache."""
 
-    def __init__(self, executor: "Executor", ids: np.ndarray, cache: Any, pos0: int):
+    def __init__(self, executor: "Executor", ids: np.ndarray, segments: list["Segment"]):
         self.executor = executor
         self.backend = executor.backend
         self.hp = executor.hparams
         self.ids = ids
-        self.cache = cache
-        self.pos0 = pos0
-        self.positions = np.arange(pos0, pos0 + len(ids), dtype=np.int64)
+        # Rows of every activation belong to sequences: segments say which rows, which
+        # cache and which first position. Only attention looks at them; all other ops
+        # work on the stacked rows at once, which is what batching buys.
+        self.segments = segments
+        self.positions = np.concatenate([np.arange(s.pos0, s.pos0 + s.length) for s in segments]).astype(np.int64)
         self.layer: int | None = None
         self.env: dict[str, Any] = {}
 
@@ -114,12 +125,20 @@ class Executor:
 
     def forward(self, ids, cache: Any, pos0: int, out: str = "logits") -> Any:
         """Run the recipe for tokens ``ids`` at positions pos0..; returns the ``out`` activation (T, vocab)."""
-        ids = np.asarray(ids, dtype=np.int64)
+        return self.forward_batch([(ids, cache, pos0)], out)
+
+    def forward_batch(self, items: list[tuple[Any, Any, int]], out: str = "logits") -> Any:
+        """Several sequences at once: [(ids, cache, pos0), ...] -> stacked ``out`` rows in the same order."""
+        segments, start = [], 0
+        for seq_ids, cache, pos0 in items:
+            segments.append(Segment(start, len(seq_ids), cache, pos0))
+            start += len(seq_ids)
+        ids = np.concatenate([np.asarray(i, dtype=np.int64).reshape(-1) for i, _, _ in items])
         vocab = self.hparams.get("vocab_size")
         if vocab and ((ids < 0) | (ids >= vocab)).any():
             bad = ids[(ids < 0) | (ids >= vocab)][0]
             raise RocmforgeError(f"token id {int(bad)} is outside the vocabulary (0..{vocab - 1})")
-        ctx = Context(self, ids, cache, pos0)
+        ctx = Context(self, ids, segments)
         self._run(self.recipe.embed, ctx)
         for layer in range(self.hparams["n_layer"]):
             ctx.layer = layer

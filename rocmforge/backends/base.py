@@ -102,5 +102,9 @@ class Backend(ABC):
 
         gate/up are (E, ff, d) and down (E, d, ff) prepared weights."""
 
+    @abstractmethod
+    def concat(self, parts: list[Any]) -> Any:
+        """Stack row blocks (T_i, ...) along the first axis."""
+
     def synchronize(self) -> None:
         """Wait for queued work (a no-op on the CPU)."""

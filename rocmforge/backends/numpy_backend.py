@@ -143,6 +143,9 @@ class NumpyBackend(Backend):
     def scale(self, a, s):
         return a * np.float32(s)
 
+    def concat(self, parts):
+        return np.concatenate(parts, axis=0)
+
     def softcap(self, a, cap):
         return np.float32(cap) * np.tanh(a / np.float32(cap))
 

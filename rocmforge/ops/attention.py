@@ -54,6 +54,14 @@ def attention(ctx, step):
     scale = float(ctx.value(step, "scale", 1.0 / math.sqrt(D)))
     window = int(ctx.value(step, "window", 0) or 0)
     cap = float(ctx.value(step, "softcap", 0.0) or 0.0)
-    out = be.attention(q, k, v, ctx.cache, ctx.layer, ctx.pos0, scale, window, cap)   # (T, H, Dv)
+    if len(ctx.segments) == 1:
+        seg = ctx.segments[0]
+        out = be.attention(q, k, v, seg.cache, ctx.layer, seg.pos0, scale, window, cap)   # (T, H, Dv)
+    else:
+        parts = []
+        for seg in ctx.segments:
+            r = slice(seg.start, seg.start + seg.length)
+            parts.append(be.attention(q[r], k[r], v[r], seg.cache, ctx.layer, seg.pos0, scale, window, cap))
+        out = be.concat(parts)
     o_bias = ctx.tensor(step["o"] + ".bias") if ctx.value(step, "o_bias", False) else None
     ctx.set(step["out"], be.linear(out.reshape(T, -1), ctx.tensor(step["o"]), o_bias))
