@@ -54,6 +54,8 @@ def write_small_gguf(path: str | Path, *, alignment: int | None = None, tensors:
     w.add_token_scores([float(-i) for i in range(len(TOKENS))])
     w.add_token_types([1] * len(TOKENS))
     w.add_array("tiny.nested", [[1, 2], [3]])
+    w.add_uint32("tiny.dup1", 1)     # same-length keys: the corpus renames one into the other
+    w.add_uint32("tiny.dup2", 2)
     if tensors:
         for name, (arr, raw) in small_gguf_tensors().items():
             w.add_tensor(name, arr, raw_dtype=raw)
