@@ -51,7 +51,7 @@ def generate(model, prompt: str | list[int], max_tokens: int = 64, temperature: 
     decoder = StreamDecoder(tok)
     pending = ""
     for t in generate_ids(model, ids, max_tokens, params, None if ignore_eos else set(tok.eos_ids)):
-        pending += decoder.add(t)
+        pending += decoder.put(t)
         if stops:
             hit = min((pending.find(s) for s in stops if s in pending), default=-1)
             if hit >= 0:

@@ -139,10 +139,11 @@ class Executor:
             bad = ids[(ids < 0) | (ids >= vocab)][0]
             raise RocmforgeError(f"token id {int(bad)} is outside the vocabulary (0..{vocab - 1})")
         ctx = Context(self, ids, segments)
-        self._run(self.recipe.embed, ctx)
-        for layer in range(self.hparams["n_layer"]):
-            ctx.layer = layer
-            self._run(self.recipe.block, ctx)
-        ctx.layer = None
-        self._run(self.recipe.head, ctx)
+        with self.backend.forward_scope(len(ids)):
+            self._run(self.recipe.embed, ctx)
+            for layer in range(self.hparams["n_layer"]):
+                ctx.layer = layer
+                self._run(self.recipe.block, ctx)
+            ctx.layer = None
+            self._run(self.recipe.head, ctx)
         return ctx.get(out)

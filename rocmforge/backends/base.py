@@ -106,5 +106,11 @@ class Backend(ABC):
     def concat(self, parts: list[Any]) -> Any:
         """Stack row blocks (T_i, ...) along the first axis."""
 
+    def forward_scope(self, n_rows: int):
+        """Context manager wrapped around one forward pass of ``n_rows`` token rows."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
     def synchronize(self) -> None:
         """Wait for queued work (a no-op on the CPU)."""

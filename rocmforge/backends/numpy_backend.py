@@ -7,6 +7,7 @@ speed here; the only concessions are BLAS matmuls and in-place updates.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -44,6 +45,16 @@ class NumpyKVCache:
 class NumpyBackend(Backend):
     name = "numpy"
     device = "cpu"
+
+    def forward_scope(self, n_rows):
+        # Multithreaded OpenBLAS gemv on a handful of rows is slower than one thread
+        # (threads spin against each other); decode steps run single-threaded.
+        from threadpoolctl import threadpool_limits
+
+        if n_rows > 8:
+            wanted = os.environ.get("ROCMFORGE_BLAS_THREADS")
+            return threadpool_limits(int(wanted), user_api="blas") if wanted else super().forward_scope(n_rows)
+        return threadpool_limits(1, user_api="blas")
 
     def upload(self, a):
         a = np.asarray(a)
