@@ -74,3 +74,19 @@ def test_invalid_utf8_string_value_is_replaced(tmp_path):
     data[at:at + 2] = b"\xff\xfe"
     p.write_bytes(bytes(data))
     assert read_gguf(p).metadata["general.name"] == "\ufffd\ufffdny"
+
+
+def test_metadata_caps(tmp_path, monkeypatch, hard_timeout):
+    """A file may be valid yet ask for an absurd number of metadata objects: refuse it early."""
+    from badfiles import write_small_gguf
+
+    import rocmforge.loaders.gguf as mod
+
+    p = write_small_gguf(tmp_path / "ok.gguf")
+    monkeypatch.setattr(mod, "MAX_METADATA_STRINGS", 4)
+    with pytest.raises(ModelFormatError, match="strings"):
+        read_gguf(p)
+    monkeypatch.setattr(mod, "MAX_METADATA_STRINGS", 1 << 22)
+    monkeypatch.setattr(mod, "MAX_METADATA_ITEMS", 10)
+    with pytest.raises(ModelFormatError, match="items"):
+        read_gguf(p)

@@ -140,3 +140,36 @@ def test_detect_format_rejects_non_gguf(tmp_path):
         open_model_file(tmp_path / "missing.gguf")
     with pytest.raises(ModelFormatError, match="config.json"):
         open_model_file(tmp_path)
+
+
+def test_big_endian(tmp_path):
+    w = gguf.GGUFWriter(str(tmp_path / "be.gguf"), "llama", endianess=gguf.GGUFEndian.BIG)
+    w.add_block_count(3)
+    w.add_token_list(["a", "b"])
+    arrays = {n: a for n, (a, raw) in small_gguf_tensors().items() if raw is None}
+    for name, arr in arrays.items():
+        w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    lf = read_gguf(tmp_path / "be.gguf")
+    assert lf.extra["byte_order"] == ">"
+    assert lf.metadata["llama.block_count"] == 3 and lf.metadata["tokenizer.ggml.tokens"] == ["a", "b"]
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(lf.tensors[name].data, arr)
+
+
+def test_same_result_through_the_plain_reader(tmp_path, monkeypatch):
+    """The fast path (skipping gguf-py's key/value re-parse) matches the stock GGUFReader."""
+    import rocmforge.loaders.gguf as mod
+
+    p = write_small_gguf(tmp_path / "tiny.gguf", alignment=128)
+    fast = read_gguf(p)
+    monkeypatch.setattr(mod, "_TensorReader", lambda path, header: gguf.GGUFReader(path))
+    slow = read_gguf(p)
+    assert fast.metadata == slow.metadata and list(fast.tensors) == list(slow.tensors)
+    for name, t in fast.tensors.items():
+        s = slow.tensors[name]
+        assert (t.qtype, t.shape, t.data.dtype) == (s.qtype, s.shape, s.data.dtype)
+        assert t.data.tobytes() == s.data.tobytes()
