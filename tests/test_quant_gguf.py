@@ -196,3 +196,16 @@ def test_quantize_to_a_decode_only_type_lists_the_encodable_ones():
         quantize(np.zeros((1, 256), np.float32), "Q4_K")
     with pytest.raises(QuantFormatError, match="multiple of the Q8_0 block size"):
         quantize(np.zeros((1, 33), np.float32), "Q8_0")
+
+
+def test_safetensors_fp8_plain_types():
+    for name, dtype in [("F8_E4M3", ml_dtypes.float8_e4m3fn), ("F8_E5M2", ml_dtypes.float8_e5m2),
+                        ("F8_E4M3FNUZ", ml_dtypes.float8_e4m3fnuz), ("F8_E5M2FNUZ", ml_dtypes.float8_e5m2fnuz)]:
+        fmt = get_format(name)
+        assert (fmt.kind, fmt.block_size, fmt.type_size, fmt.gguf_type) == ("float", 1, 1, None)
+        codes = np.arange(256, dtype=np.uint8)
+        np.testing.assert_array_equal(dequantize(codes, name, (16, 16)),
+                                      codes.view(dtype).astype(np.float32).reshape(16, 16))
+    raw = quantize(np.array([1000.0, -1000.0, 0.3], np.float32), "F8_E4M3")   # saturates, no NaN
+    np.testing.assert_array_equal(dequantize(raw, "F8_E4M3", (3,)), [448, -448, np.float32(0.3).astype(
+        ml_dtypes.float8_e4m3fn).astype(np.float32)])

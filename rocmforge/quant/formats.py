@@ -8,8 +8,9 @@ types ("Q4_K", "IQ4_XS", "MXFP4", ...) and "MXFP8_E4M3", ..., "MXINT8" for the
 OCP MX ones.
 
 ``kind`` is "float" for plain element types (one element per "block", no
-scale: F32, F16, BF16, F64 and the integer I8..I64) and "block" for everything
-with shared scales.
+scale: F32, F16, BF16, F64, the integer I8..I64 and the safetensors FP8 types
+F8_E4M3, F8_E5M2, F8_E4M3FNUZ, F8_E5M2FNUZ) and "block" for everything with
+shared scales.
 
 GPU kernel names live in ``_GPU_KERNELS`` below; None means the format has no
 GPU kernel yet and the backend falls back to dequantizing on the CPU.
@@ -21,6 +22,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
+import ml_dtypes
 import numpy as np
 
 from ..errors import QuantFormatError
@@ -41,6 +43,10 @@ _DESCRIPTIONS: dict[str, str] = {
     "I16": "int16 (read as float)",
     "I32": "int32 (read as float)",
     "I64": "int64 (read as float)",
+    "F8_E4M3": "OCP FP8 E4M3 (float8_e4m3fn; safetensors F8_E4M3)",
+    "F8_E5M2": "OCP FP8 E5M2 (safetensors F8_E5M2)",
+    "F8_E4M3FNUZ": "FP8 E4M3 FNUZ, bias 8, MI300's native FP8",
+    "F8_E5M2FNUZ": "FP8 E5M2 FNUZ, bias 16, MI300's native FP8",
     "Q4_0": "32 x 4-bit, f16 scale (x - 8) * d",
     "Q4_1": "32 x 4-bit, f16 scale and min",
     "Q5_0": "32 x 5-bit, f16 scale (x - 16) * d",
@@ -57,6 +63,16 @@ _DESCRIPTIONS: dict[str, str] = {
     "NVFP4": "NVIDIA FP4: 4 x 16 FP4 E2M1 with UE4M3 sub-scales",
     "TQ1_0": "ternary, 1.69 bits/weight",
     "TQ2_0": "ternary, 2 bits/weight",
+}
+
+
+# Plain FP8 element types as safetensors names them: no scale of their own
+# (a per-tensor scale, if any, is applied by whoever loads the checkpoint).
+FP8_DTYPES: dict[str, np.dtype] = {
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
 }
 
 
@@ -112,7 +128,10 @@ def _registry() -> dict[str, QuantFormat]:
         qtype = GGMLQuantizationType[name]
         block_size, type_size = GGML_QUANT_SIZES[qtype]
         out[name] = _make(name, block_size, type_size, int(qtype), "float", _DESCRIPTIONS[name],
-                          dtype=dtype, decode=ggml.plain_decoder(name), encode=ggml.plain_encoder(name))
+                          dtype=dtype, decode=ggml.plain_decoder(dtype), encode=ggml.plain_encoder(dtype))
+    for name, dtype in FP8_DTYPES.items():
+        out[name] = _make(name, 1, 1, None, "float", _DESCRIPTIONS[name],
+                          dtype=dtype, decode=ggml.plain_decoder(dtype), encode=ggml.plain_encoder(dtype))
     for name, (qtype, can_quantize) in ggml.block_types().items():
         block_size, type_size = GGML_QUANT_SIZES[qtype]
         desc = _DESCRIPTIONS.get(name, f"GGUF block type: {block_size} weights in {type_size} bytes")

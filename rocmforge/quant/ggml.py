@@ -33,22 +33,23 @@ PLAIN_DTYPES: dict[str, np.dtype] = {
 }
 
 
-def plain_decoder(name: str) -> Codec:
-    dtype = PLAIN_DTYPES[name]
-
+def plain_decoder(dtype: np.dtype) -> Codec:
     def decode(rows: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(rows).view(dtype).astype(np.float32)
 
     return decode
 
 
-def plain_encoder(name: str) -> Codec:
-    dtype = PLAIN_DTYPES[name]
+def plain_encoder(dtype: np.dtype) -> Codec:
+    """Cast with round-to-nearest-even; integers and FP8 saturate at their largest finite value."""
 
     def encode(rows: np.ndarray) -> np.ndarray:
         if dtype.kind == "i":
             info = np.iinfo(dtype)
             rows = np.clip(np.rint(rows), info.min, info.max)
+        elif dtype.itemsize == 1:
+            big = float(ml_dtypes.finfo(dtype).max)
+            rows = np.where(np.isinf(rows), rows, np.clip(rows, -big, big))
         return np.ascontiguousarray(rows.astype(dtype)).view(np.uint8)
 
     return encode
