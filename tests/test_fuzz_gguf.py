@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -18,6 +20,7 @@ from rocmforge.loaders.gguf import read_gguf
 from rocmforge.loaders.hf import read_hf_folder
 
 _WORK = Path(tempfile.mkdtemp(prefix="rocmforge-fuzz-"))
+atexit.register(shutil.rmtree, _WORK, True)
 VALID = write_small_gguf(_WORK / "valid.gguf").read_bytes()
 LAYOUT = gguf_layout(VALID)
 HEADER_END = LAYOUT["infos_end"]
