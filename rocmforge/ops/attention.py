@@ -1,12 +1,14 @@
 """Self-attention: projections, optional QK-norm, rotary embedding, causal SDPA over the KV cache.
 
 Step fields (tensor names are relative to the layer, ``blk.{i}.``):
-  q, k, v | qkv (fused rows q|k|v), o      projection weights
+  q, k, v | qkv (fused rows q|k|v), o      projection weights; naming both uses qkv when the
+                                           model has it, else q/k/v (GGUF GLM/Phi-3 files hold either)
   bias: true                               q/k/v (or qkv) carry ``.bias`` tensors
   o_bias: true                             the output projection carries a bias
   q_norm, k_norm                           per-head RMSNorm weights (Qwen3, Gemma3)
   rope: normal | neox | none               pair layout of the rotation
   rope_dim, rope_base, rope_freqs          rotated dims (partial rotary), theta, GGUF divisors
+  rope_scaling: expr                       false: this layer's rope is unscaled (Gemma 3 local layers)
   n_head, n_head_kv, head_dim              default to the hparams of the same names
   scale, window, softcap                   1/sqrt(head_dim), 0 (full), 0 (off) by default
 """
@@ -27,8 +29,9 @@ def attention(ctx, step):
     D = int(ctx.value(step, "head_dim", "head_dim"))
     bias = bool(ctx.value(step, "bias", False))
 
-    if "qkv" in step:
-        qkv = be.linear(x, ctx.tensor(step["qkv"]), ctx.tensor(step["qkv"] + ".bias") if bias else None)
+    fused = ctx.tensor(step["qkv"], optional="q" in step) if "qkv" in step else None
+    if fused is not None:
+        qkv = be.linear(x, fused, ctx.tensor(step["qkv"] + ".bias") if bias else None)
         q, k, v = qkv[:, : H * D], qkv[:, H * D: (H + Hkv) * D], qkv[:, (H + Hkv) * D:]
     else:
         q, k, v = (be.linear(x, ctx.tensor(step[n]), ctx.tensor(step[n] + ".bias") if bias else None)
@@ -46,8 +49,10 @@ def attention(ctx, step):
     if style != "none":
         rot = int(ctx.value(step, "rope_dim", D))
         base = float(ctx.value(step, "rope_base", "rope_theta"))
-        factors = ctx.tensor(step["rope_freqs"], optional=True, host=True) if "rope_freqs" in step else None
-        freqs, mscale = ctx.cached(("rope", rot, base), lambda: inv_freq(rot, base, ctx.hp, factors))
+        scaled = bool(ctx.value(step, "rope_scaling", True))
+        factors = ctx.tensor(step["rope_freqs"], optional=True, host=True) if "rope_freqs" in step and scaled else None
+        hp = ctx.hp if scaled else {**ctx.hp, "rope_scaling_type": "none"}
+        freqs, mscale = ctx.cached(("rope", rot, base, scaled), lambda: inv_freq(rot, base, hp, factors))
         q = be.rope(q, ctx.positions, freqs, style, rot, mscale)
         k = be.rope(k, ctx.positions, freqs, style, rot, mscale)
 
