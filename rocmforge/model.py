@@ -84,9 +84,9 @@ class Model:
         t = self.tensors.get(name)
         if t is None:
             return None
-        if t.transform is None:
-            return t.raw
-        return self._materialized.setdefault(name, materialize(t, self.hparams))
+        if name not in self._materialized:   # the file's own tensor unless stacked/split/transformed
+            self._materialized[name] = materialize(t, self.hparams)
+        return self._materialized[name]
 
     def prepare(self, progress: bool = False) -> "Model":
         """Prepare every weight for the backend now (dequantise/upload), with a progress bar if asked."""

@@ -165,6 +165,8 @@ class TensorEntry:
     hf_transform: str | None = None
     optional: bool = False
     tied_to: str | None = None
+    hf_fused: list[str] = field(default_factory=list)   # fused HF tensor(s) holding this one as a row block
+    fused_part: tuple[int, int] | None = None          # (part, of) of hf_fused along axis -2
 
 
 @dataclass
@@ -185,8 +187,8 @@ def parse_tensor_map(data: dict, file: str) -> TensorMap:
         _expect(isinstance(name, str), file, key, "a canonical tensor name", name)
         if spec is None:
             spec = {}
-        _expect(isinstance(spec, dict), file, key, "a mapping with hf/hf_transform/optional/tied_to", spec)
-        _only_keys(spec, {"hf", "hf_transform", "optional", "tied_to"}, file, key)
+        _expect(isinstance(spec, dict), file, key, "a mapping with hf/hf_transform/hf_fused/optional/tied_to", spec)
+        _only_keys(spec, {"hf", "hf_transform", "hf_fused", "optional", "tied_to"}, file, key)
         hf = _str_list(spec.get("hf", []), file, f"{key}.hf")
         opt = spec.get("optional", False)
         _expect(isinstance(opt, bool), file, f"{key}.optional", "true or false", opt)
@@ -194,7 +196,14 @@ def parse_tensor_map(data: dict, file: str) -> TensorMap:
         _expect(tr is None or isinstance(tr, str), file, f"{key}.hf_transform", "a transform name", tr)
         tied = spec.get("tied_to")
         _expect(tied is None or tied in raw, file, f"{key}.tied_to", "another tensor of this map", tied)
-        out[name] = TensorEntry(name, hf, tr, opt, tied)
+        fused, part = [], None
+        if "hf_fused" in spec:
+            fz = spec["hf_fused"]
+            _expect(isinstance(fz, dict) and set(fz) == {"name", "part", "of"} and isinstance(fz["part"], int)
+                    and isinstance(fz["of"], int) and 0 <= fz["part"] < fz["of"], file, f"{key}.hf_fused",
+                    "{name: <HF name(s)>, part: <row block index>, of: <number of equal row blocks>}", fz)
+            fused, part = _str_list(fz["name"], file, f"{key}.hf_fused.name"), (fz["part"], fz["of"])
+        out[name] = TensorEntry(name, hf, tr, opt, tied, fused, part)
     ign = data.get("ignore", {}) or {}
     _expect(isinstance(ign, dict), file, "ignore", "a mapping with 'hf' and/or 'gguf' lists", ign)
     _only_keys(ign, {"hf", "gguf"}, file, "ignore")

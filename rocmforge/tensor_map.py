@@ -4,13 +4,20 @@ Canonical names are GGUF names without the ``.weight`` suffix
 (``blk.3.attn_q``; biases keep ``.bias``). A GGUF maps by identity; the HF
 side goes through the map's ``hf`` patterns. Every tensor in the file must be
 mapped or explicitly ignored, and every non-optional map entry must be found.
+
+HF patterns hold ``{i}`` (the layer) and may hold ``{j}``: the tensors matching
+a ``{j}`` pattern are stacked along a new axis 0 in ``j`` order (per-expert
+checkpoints -> one 3-D ``ffn_*_exps`` tensor; j must run 0..n-1). An entry's
+``hf_fused: {name, part, of}`` takes row block ``part`` of ``of`` equal blocks
+(axis -2) of a fused HF tensor, so one HF tensor (transformers' MoE
+``gate_up_proj``) feeds several canonical tensors.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -20,17 +27,42 @@ from .schema import TensorMap
 
 
 def _pattern(template: str) -> re.Pattern:
-    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+    body = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{j\}", r"(?P<j>\d+)")
+    return re.compile("^" + body + "$")
 
 
 def gguf_canonical(name: str) -> str:
-    return name[: -len(".weight")] if name.endswith(".weight") else name
+    return name.removesuffix(".weight")
 
 
 @dataclass
 class MappedTensor:
+    """A canonical tensor: ``raw`` has its canonical shape and storage type.
+
+    Usually ``raw`` is the file's tensor itself. When the canonical tensor is a
+    stack of file tensors (``parts``) or a transform changes the shape, ``raw``
+    is a placeholder without data (name, qtype, shape) and :func:`materialize`
+    builds the array from ``parts`` (or ``source``)."""
+
     raw: RawTensor
     transform: str | None = None
+    parts: list[RawTensor] | None = None
+    source: RawTensor | None = None
+    split: tuple[int, int] | None = None      # (part, of): row block of a fused tensor
+
+
+def _mapped(raw: RawTensor, transform: str | None, parts: list[RawTensor] | None = None,
+            split: tuple[int, int] | None = None, where: str = "") -> MappedTensor:
+    if parts is None and split is None:
+        return MappedTensor(raw, transform)
+    shape = raw.shape if parts is None else (len(parts), *raw.shape)
+    if split is not None:
+        of = split[1]
+        if len(shape) < 2 or shape[-2] % of:
+            raise TensorMapError(f"{where}: '{raw.name}' of shape {shape} cannot be split into {of} row blocks")
+        shape = (*shape[:-2], shape[-2] // of, shape[-1])
+    placeholder = RawTensor(raw.name, raw.qtype, tuple(int(n) for n in shape), np.empty(0, np.uint8))
+    return MappedTensor(placeholder, transform, parts, raw, split)
 
 
 # -------- HF -> GGUF layout transforms (take the float array and hparams)
@@ -67,20 +99,44 @@ def map_tensors(tmap: TensorMap, fmt: str, tensors: dict[str, RawTensor], where:
         patterns = []
         for key, entry in tmap.tensors.items():
             for hf in entry.hf:
-                patterns.append((_pattern(hf), key, entry.hf_transform))
+                patterns.append((_pattern(hf), key, entry.hf_transform, None))
+            for hf in entry.hf_fused:
+                patterns.append((_pattern(hf), key, entry.hf_transform, entry.fused_part))
         ignore = [_pattern(p) for p in tmap.ignore_hf]
+        stacks: dict[str, tuple[dict[int, RawTensor], str | None, tuple[int, int] | None]] = {}
         for name, raw in tensors.items():
-            for pat, key, transform in patterns:
-                m = pat.match(name)
-                if m:
-                    canon = key.replace("{i}", m.group("i")) if "i" in m.groupdict() else key
-                    if canon in out:
-                        raise TensorMapError(f"{where}: tensors '{name}' and another both map to '{canon}'")
-                    out[canon] = MappedTensor(raw, transform)
-                    break
-            else:
-                if not any(p.match(name) for p in ignore):
-                    unmapped.append(name)
+            keys_hit: set[str] = set()
+            for pat, key, transform, split in patterns:
+                m = None if key in keys_hit else pat.match(name)
+                if not m:
+                    continue
+                keys_hit.add(key)
+                groups = m.groupdict()
+                canon = key.replace("{i}", groups["i"]) if "i" in groups else key
+                if "j" in groups:
+                    parts = stacks.setdefault(canon, ({}, transform, split))[0]
+                    if int(groups["j"]) in parts:
+                        raise TensorMapError(f"{where}: tensors '{name}' and another are both part "
+                                             f"{groups['j']} of '{canon}'")
+                    parts[int(groups["j"])] = raw
+                    continue
+                if canon in out:
+                    raise TensorMapError(f"{where}: tensors '{name}' and another both map to '{canon}'")
+                out[canon] = _mapped(raw, transform, None, split, where)
+            if not keys_hit and not any(p.match(name) for p in ignore):
+                unmapped.append(name)
+        for canon, (parts, transform, split) in stacks.items():
+            if canon in out:
+                raise TensorMapError(f"{where}: '{canon}' is in the file both whole and in parts")
+            if sorted(parts) != list(range(len(parts))):
+                missing = sorted(set(range(max(parts) + 1)) - set(parts))
+                raise TensorMapError(f"{where}: '{canon}' is stacked from parts 0..{max(parts)} but part(s) "
+                                     f"{missing} are missing")
+            shapes = {parts[j].shape for j in parts}
+            if len(shapes) > 1:
+                raise TensorMapError(f"{where}: the parts of '{canon}' differ in shape: {sorted(shapes)}")
+            ordered = [parts[j] for j in range(len(parts))]
+            out[canon] = _mapped(ordered[0], transform, ordered, split, where)
     if unmapped:
         raise TensorMapError(f"{where}: {len(unmapped)} tensor(s) not in the tensor map ({tmap.file}) and not "
                              f"ignored: {', '.join(sorted(unmapped)[:20])}" + (" ..." if len(unmapped) > 20 else ""))
@@ -111,12 +167,28 @@ def check_complete(tmap: TensorMap, mapped: dict[str, MappedTensor], n_layer: in
 
 
 def materialize(t: MappedTensor, hparams: dict) -> RawTensor:
-    """The tensor in canonical layout (HF transforms applied; quantised data untouched)."""
-    if t.transform is None:
+    """The tensor in canonical layout (parts stacked, row block taken, HF transform applied).
+
+    A tensor the file holds as is comes back untouched (quantised data stays quantised)."""
+    if t.transform is None and t.parts is None and t.split is None:
         return t.raw
-    fn = TRANSFORMS.get(t.transform)
-    if fn is None:
-        raise TensorMapError(f"unknown hf_transform '{t.transform}' for tensor '{t.raw.name}'; "
-                             f"known: {', '.join(TRANSFORMS)}")
-    arr = np.ascontiguousarray(fn(t.raw.dequantize(), hparams), dtype=np.float32)
+    fn = None
+    if t.transform is not None:
+        fn = TRANSFORMS.get(t.transform)
+        if fn is None:
+            raise TensorMapError(f"unknown hf_transform '{t.transform}' for tensor '{t.raw.name}'; "
+                                 f"known: {', '.join(TRANSFORMS)}")
+    if t.parts is not None:
+        arr = np.stack([p.dequantize() for p in t.parts])
+    else:
+        arr = (t.source or t.raw).dequantize()
+    if t.split is not None:
+        part, of = t.split
+        rows = arr.shape[-2] // of
+        arr = arr[..., part * rows: (part + 1) * rows, :]
+    if fn is not None:
+        arr = fn(arr, hparams)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.shape != t.raw.shape:
+        raise TensorMapError(f"tensor '{t.raw.name}': built shape {arr.shape}, expected {t.raw.shape}")
     return RawTensor(t.raw.name, "F32", arr.shape, arr)
