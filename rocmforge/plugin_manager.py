@@ -24,6 +24,7 @@ ALLOWLIST_ENV = "ROCMFORGE_PLUGINS"
 # One module per built-in plugin, under rocmforge.plugins (the top-level plugins/ folder).
 BUILTIN_PLUGINS = (
     "llama",
+    "qwen",
     "gemma",
     "glm",
 )
