@@ -1,0 +1,220 @@
+// attention.hip -- KV-cache append and causal attention (decode and tiled prefill), GQA-native.
+//
+// Layout: q (T, H, Dk) float32; the cache of one layer is kc (max_tokens, Hkv, Dk)
+// and vc (max_tokens, Hkv, Dv) as f16 bits; out (T, H, Dv) float32. Query t sits
+// at position pos0 + t and sees keys j with max(0, p - window + 1) <= j <= p
+// (window 0: all). Scores are q.k * scale, then cap * tanh(s / cap) when cap > 0.
+// Query head h reads kv head h / (H / Hkv).
+//
+// Compile-time shape (passed with -D by the backend, one module per shape):
+//   ATT_G   query heads one warp handles (a divisor of H / Hkv, at most 8): the
+//           block reads each K/V row once for all of them (no KV replication)
+//   ATT_NEK ceil(Dk / RF_WARP), ATT_NEV ceil(Dv / RF_WARP): head elements per lane;
+//           lane l holds elements l, l + RF_WARP, ... of q, and of the output.
+// Each warp keeps an online softmax (max m, sum l, unnormalised acc) per head.
+//
+// kv_store: 1-D grid-stride, one element per thread, f32 -> f16 into the cache.
+// attn_decode (small T): grid (Hkv * (H/Hkv)/ATT_G, T, nsplit), block ATT_NW warps.
+//   The keys visible to query t are cut into nsplit chunks (flash-decoding);
+//   warps of a block stride over their chunk's keys one key at a time, then
+//   merge through shared memory. nsplit == 1 writes out directly, otherwise
+//   partial (acc, m, l) go to part_acc / part_ml and attn_combine merges them
+//   (grid T*H blocks, threads over Dv).
+// attn_prefill (large T): grid (Hkv * (H/Hkv)/ATT_G, ceil(T / ATT_NWQ)), block ATT_NWQ
+//   warps, warp w owns query t = blockIdx.y*ATT_NWQ + w. The block walks the key
+//   range its queries need in tiles of ATT_BK keys staged in shared memory;
+//   each warp consumes the tile's keys visible to its query.
+#include "rf_common.h"
+
+#ifndef ATT_G
+#define ATT_G 1
+#endif
+#ifndef ATT_NEK
+#define ATT_NEK 4
+#endif
+#ifndef ATT_NEV
+#define ATT_NEV 4
+#endif
+#define ATT_NW 4
+#define ATT_NWQ 8
+#define ATT_BK 32
+
+extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __restrict__ v,
+                                    rf_u16* __restrict__ kc, rf_u16* __restrict__ vc,
+                                    rf_i64 nk, rf_i64 nv, rf_i64 koff, rf_i64 voff) {
+    for (rf_i64 i = rf_gid(); i < nk; i += rf_gstride()) kc[koff + i] = rf_f2h(k[i]);
+    for (rf_i64 i = rf_gid(); i < nv; i += rf_gstride()) vc[voff + i] = rf_f2h(v[i]);
+}
+
+struct AttState {
+    float q[ATT_G][ATT_NEK];
+    float acc[ATT_G][ATT_NEV];
+    float m[ATT_G], l[ATT_G];
+};
+
+RF_DEV void att_init(AttState& S, const float* __restrict__ q, rf_i64 t, int H, int h0, int Dk, float scale,
+                     int lane) {
+#pragma unroll
+    for (int g = 0; g < ATT_G; ++g) {
+#pragma unroll
+        for (int i = 0; i < ATT_NEK; ++i) {
+            const int e = lane + i * RF_WARP;
+            S.q[g][i] = e < Dk ? q[(t * H + h0 + g) * (rf_i64)Dk + e] * scale : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < ATT_NEV; ++i) S.acc[g][i] = 0.f;
+        S.m[g] = -INFINITY;
+        S.l[g] = 0.f;
+    }
+}
+
+// one key/value row (f16 bits) into the online softmax of every head of the warp
+RF_DEV void att_step(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, int Dv, float cap, int lane) {
+    float kv[ATT_NEK];
+#pragma unroll
+    for (int i = 0; i < ATT_NEK; ++i) {
+        const int e = lane + i * RF_WARP;
+        kv[i] = e < Dk ? rf_h2f(kp[e]) : 0.f;
+    }
+    float vv[ATT_NEV];
+#pragma unroll
+    for (int i = 0; i < ATT_NEV; ++i) {
+        const int e = lane + i * RF_WARP;
+        vv[i] = e < Dv ? rf_h2f(vp[e]) : 0.f;
+    }
+#pragma unroll
+    for (int g = 0; g < ATT_G; ++g) {
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < ATT_NEK; ++i) s += S.q[g][i] * kv[i];
+        s = rf_warp_sum(s);
+        if (cap > 0.f) s = cap * tanhf(s / cap);
+        const float mn = fmaxf(S.m[g], s);
+        const float corr = expf(S.m[g] - mn);
+        const float p = expf(s - mn);
+        S.l[g] = S.l[g] * corr + p;
+        S.m[g] = mn;
+#pragma unroll
+        for (int i = 0; i < ATT_NEV; ++i) S.acc[g][i] = S.acc[g][i] * corr + p * vv[i];
+    }
+}
+
+extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16* __restrict__ kc,
+                                       const rf_u16* __restrict__ vc, float* __restrict__ out,
+                                       float* __restrict__ part_acc, float* __restrict__ part_ml,
+                                       int T, int H, int Hkv, int Dk, int Dv, int pos0, int window,
+                                       float scale, float cap, int nsplit) {
+    __shared__ float sm_m[ATT_NW][ATT_G], sm_l[ATT_NW][ATT_G];
+    __shared__ float sm_acc[ATT_NW][ATT_G][ATT_NEV * RF_WARP];
+    const int gtot = H / Hkv, hch = gtot / ATT_G;
+    const int kvh = blockIdx.x / hch, h0 = kvh * gtot + (blockIdx.x % hch) * ATT_G;
+    const int t = blockIdx.y, z = blockIdx.z;
+    const int p = pos0 + t;
+    const int lo = window > 0 ? max(0, p - window + 1) : 0;
+    const int nvis = p - lo + 1;
+    const int cs = (nvis + nsplit - 1) / nsplit;
+    const int ks = lo + z * cs, ke = min(p + 1, ks + cs);
+    const int w = threadIdx.x / RF_WARP, lane = threadIdx.x % RF_WARP;
+
+    AttState S;
+    att_init(S, q, t, H, h0, Dk, scale, lane);
+    for (int j = ks + w; j < ke; j += ATT_NW)
+        att_step(S, kc + ((rf_i64)j * Hkv + kvh) * Dk, vc + ((rf_i64)j * Hkv + kvh) * Dv, Dk, Dv, cap, lane);
+#pragma unroll
+    for (int g = 0; g < ATT_G; ++g) {
+        if (lane == 0) { sm_m[w][g] = S.m[g]; sm_l[w][g] = S.l[g]; }
+#pragma unroll
+        for (int i = 0; i < ATT_NEV; ++i) sm_acc[w][g][lane + i * RF_WARP] = S.acc[g][i];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < ATT_G * Dv; idx += blockDim.x) {
+        const int g = idx / Dv, e = idx - g * Dv;
+        float M = -INFINITY;
+        for (int ww = 0; ww < ATT_NW; ++ww) M = fmaxf(M, sm_m[ww][g]);
+        float L = 0.f, A = 0.f;
+        for (int ww = 0; ww < ATT_NW; ++ww) {
+            const float f = sm_m[ww][g] == -INFINITY ? 0.f : expf(sm_m[ww][g] - M);
+            L += sm_l[ww][g] * f;
+            A += sm_acc[ww][g][e] * f;
+        }
+        const rf_i64 o = ((rf_i64)t * H + h0 + g) * Dv + e;
+        if (nsplit == 1) {
+            out[o] = A / L;
+        } else {
+            const rf_i64 po = (rf_i64)z * T * H * Dv + o;
+            part_acc[po] = A;
+            if (e == 0) {
+                const rf_i64 mo = ((rf_i64)z * T * H + (rf_i64)t * H + h0 + g) * 2;
+                part_ml[mo] = M;
+                part_ml[mo + 1] = L;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                                        float* __restrict__ out, int T, int H, int Dv, int nsplit) {
+    const rf_i64 th = blockIdx.x;            // t * H + h
+    const rf_i64 TH = (rf_i64)T * H;
+    float M = -INFINITY;
+    for (int z = 0; z < nsplit; ++z) M = fmaxf(M, part_ml[(z * TH + th) * 2]);
+    for (int e = threadIdx.x; e < Dv; e += blockDim.x) {
+        float L = 0.f, A = 0.f;
+        for (int z = 0; z < nsplit; ++z) {
+            const float m = part_ml[(z * TH + th) * 2];
+            const float f = m == -INFINITY ? 0.f : expf(m - M);
+            L += part_ml[(z * TH + th) * 2 + 1] * f;
+            A += part_acc[(z * TH + th) * Dv + e] * f;
+        }
+        out[th * Dv + e] = A / L;
+    }
+}
+
+extern "C" __global__ void attn_prefill(const float* __restrict__ q, const rf_u16* __restrict__ kc,
+                                        const rf_u16* __restrict__ vc, float* __restrict__ out,
+                                        int T, int H, int Hkv, int Dk, int Dv, int pos0, int window,
+                                        float scale, float cap) {
+    __shared__ rf_u16 sk[ATT_BK * ATT_NEK * RF_WARP];
+    __shared__ rf_u16 sv[ATT_BK * ATT_NEV * RF_WARP];
+    const int gtot = H / Hkv, hch = gtot / ATT_G;
+    const int kvh = blockIdx.x / hch, h0 = kvh * gtot + (blockIdx.x % hch) * ATT_G;
+    const int w = threadIdx.x / RF_WARP, lane = threadIdx.x % RF_WARP;
+    const int t0 = blockIdx.y * ATT_NWQ;
+    const int tlast = min(T - 1, t0 + ATT_NWQ - 1);
+    const int t = t0 + w;
+    const bool active = t < T;
+    const int p = pos0 + t;
+    const int lo = window > 0 ? max(0, p - window + 1) : 0;
+    const int klo = window > 0 ? max(0, pos0 + t0 - window + 1) : 0;
+    const int khi = pos0 + tlast;
+
+    AttState S;
+    att_init(S, q, active ? t : 0, H, h0, Dk, scale, lane);
+    for (int kb = klo; kb <= khi; kb += ATT_BK) {
+        const int nk = min(ATT_BK, khi - kb + 1);
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < nk * Dk; idx += blockDim.x) {
+            const int r = idx / Dk, c = idx - r * Dk;
+            sk[r * Dk + c] = kc[((rf_i64)(kb + r) * Hkv + kvh) * Dk + c];
+        }
+        for (int idx = threadIdx.x; idx < nk * Dv; idx += blockDim.x) {
+            const int r = idx / Dv, c = idx - r * Dv;
+            sv[r * Dv + c] = vc[((rf_i64)(kb + r) * Hkv + kvh) * Dv + c];
+        }
+        __syncthreads();
+        if (active) {
+            const int rs = max(lo - kb, 0), re = min(p - kb, nk - 1);
+            for (int r = rs; r <= re; ++r) att_step(S, sk + r * Dk, sv + r * Dv, Dk, Dv, cap, lane);
+        }
+    }
+    if (!active) return;
+#pragma unroll
+    for (int g = 0; g < ATT_G; ++g) {
+        const float inv = 1.f / S.l[g];
+#pragma unroll
+        for (int i = 0; i < ATT_NEV; ++i) {
+            const int e = lane + i * RF_WARP;
+            if (e < Dv) out[((rf_i64)t * H + h0 + g) * Dv + e] = S.acc[g][i] * inv;
+        }
+    }
+}

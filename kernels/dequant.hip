@@ -1,0 +1,57 @@
+// dequant.hip -- expand quantised rows to float32 or float16 (prefill GEMM operands, embedding rows).
+//
+// Layout: W is the raw GGUF tensor, rows of `row_bytes` bytes, K weights each.
+// `rows` (nullable) selects source rows: output row r comes from source row
+// rows[r] (embedding lookup); NULL means output row r = source row r.
+// Output: out32 (n_rows, K) float32 when non-NULL, else out16 (n_rows, K) f16 bits.
+//
+// Block formats, dequant_<fmt>: one thread per 32-weight group, grid-stride
+// over n_rows * K/32 groups; each thread decodes its group (rf_quant.h) and
+// writes 32 consecutive outputs.
+// Float formats, dequant_{f32,f16,bf16}: one thread per element, grid-stride.
+#include "rf_common.h"
+#include "rf_quant.h"
+
+#define RF_DEQUANT_BLOCK(fmt)                                                                         \
+extern "C" __global__ void dequant_##fmt(const rf_u8* __restrict__ W, rf_i64 row_bytes,               \
+        const long long* __restrict__ rows, rf_i64 n_rows, int K, float* __restrict__ out32,          \
+        rf_u16* __restrict__ out16) {                                                                 \
+    const rf_i64 NG = K / 32;                                                                         \
+    const rf_i64 total = n_rows * NG;                                                                 \
+    for (rf_i64 i = rf_gid(); i < total; i += rf_gstride()) {                                         \
+        const rf_i64 r = i / NG, g = i - r * NG;                                                      \
+        const rf_i64 src = rows ? rows[r] : r;                                                        \
+        RfGroup G;                                                                                    \
+        rf_group_##fmt(W + src * row_bytes, g, G);                                                    \
+        const rf_i64 o = r * K + g * 32;                                                              \
+        _Pragma("unroll") for (int k = 0; k < 8; ++k) {                                               \
+            const int h = k >> 2;                                                                     \
+            _Pragma("unroll") for (int j = 0; j < 4; ++j) {                                           \
+                const int qv = (int)(signed char)((G.q[k] >> (8 * j)) & 0xff);                        \
+                const float v = G.d[h] * (float)qv - G.m[h];                                          \
+                if (out32) out32[o + 4 * k + j] = v; else out16[o + 4 * k + j] = rf_f2h(v);            \
+            }                                                                                         \
+        }                                                                                             \
+    }                                                                                                 \
+}
+
+RF_FOR_EACH_BLOCK_FORMAT(RF_DEQUANT_BLOCK)
+
+// kind: 0 = f32, 1 = f16, 2 = bf16 elements
+RF_DEV float rf_plain(const rf_u8* W, rf_i64 i, int kind) {
+    if (kind == 0) return ((const float*)W)[i];
+    const rf_u16 b = ((const rf_u16*)W)[i];
+    return kind == 1 ? rf_h2f(b) : rf_bf2f(b);
+}
+
+extern "C" __global__ void dequant_plain(const rf_u8* __restrict__ W, int kind, const long long* __restrict__ rows,
+                                         rf_i64 n_rows, int K, float* __restrict__ out32,
+                                         rf_u16* __restrict__ out16) {
+    const rf_i64 total = n_rows * (rf_i64)K;
+    for (rf_i64 i = rf_gid(); i < total; i += rf_gstride()) {
+        const rf_i64 r = i / K, c = i - r * K;
+        const rf_i64 src = rows ? rows[r] : r;
+        const float v = rf_plain(W, src * K + c, kind);
+        if (out32) out32[i] = v; else out16[i] = rf_f2h(v);
+    }
+}

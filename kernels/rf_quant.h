@@ -1,0 +1,257 @@
+// rf_quant.h -- decoders for GGUF block formats, shared by dequant.hip and matvec.hip.
+//
+// Every format is read in "groups" of 32 consecutive weights of one row
+// (a row is K/32 groups; a 256-weight super-block holds 8 groups). One call
+//     rf_group_<fmt>(row_bytes_ptr, g, G)
+// decodes group g of a row into
+//     G.q[8]  32 small signed integers packed as int8x4 (element 4k+i in byte i of q[k])
+//     G.d[2], G.m[2]  scale and offset of elements 0-15 (index 0) and 16-31 (index 1)
+// so that weight_i = G.d[i/16] * q_i - G.m[i/16]. This is exactly what the
+// int8 dot-product matvec needs (dp4a against int8 activations) and what the
+// dequant kernels expand to floats. Block layouts follow ggml's block_* structs
+// (all little-endian); the CPU oracle is gguf.quants.
+#pragma once
+#include "rf_common.h"
+
+struct RfGroup {
+    int q[8];
+    float d[2];
+    float m[2];
+};
+
+__constant__ signed char rf_kv_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1, 13, 25, 38, 53, 69, 89, 113};
+__constant__ signed char rf_kv_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// bytes of x (each in 0..127) minus c (0..127), per byte, as int8 (no borrow between bytes)
+RF_DEV int rf_sub_bytes(rf_u32 x, rf_u32 c) {
+    return (int)(((x | 0x80808080u) - c * 0x01010101u) ^ 0x80808080u);
+}
+
+RF_DEV void rf_set_scale(RfGroup& G, float d, float m) { G.d[0] = G.d[1] = d; G.m[0] = G.m[1] = m; }
+
+// ---- 32-weight blocks ------------------------------------------------------
+// Q4_0: {f16 d; u8 qs[16]} 18 B: w_j = d*((qs[j]&15)-8), w_{j+16} = d*((qs[j]>>4)-8)
+RF_DEV void rf_group_q4_0(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 18;
+    rf_set_scale(G, rf_ld_h(b), 0.f);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        rf_u32 w = rf_ld_u32_a2(b + 2 + 4 * k);
+        G.q[k] = rf_sub_bytes(w & 0x0f0f0f0fu, 8);
+        G.q[k + 4] = rf_sub_bytes((w >> 4) & 0x0f0f0f0fu, 8);
+    }
+}
+
+// Q4_1: {f16 d, m; u8 qs[16]} 20 B: w = d*q + m
+RF_DEV void rf_group_q4_1(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 20;
+    rf_set_scale(G, rf_ld_h(b), -rf_ld_h(b + 2));
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        rf_u32 w = rf_ld_u32_a2(b + 4 + 4 * k);
+        G.q[k] = (int)(w & 0x0f0f0f0fu);
+        G.q[k + 4] = (int)((w >> 4) & 0x0f0f0f0fu);
+    }
+}
+
+// spread 4 bits (b0..b3) to bit 4 of 4 bytes
+RF_DEV rf_u32 rf_bits_to_b4(rf_u32 bits) {
+    return ((bits & 1u) << 4) | ((bits & 2u) << 11) | ((bits & 4u) << 18) | ((bits & 8u) << 25);
+}
+
+// Q5_0: {f16 d; u32 qh; u8 qs[16]} 22 B: 5th bit of element j is qh bit j
+RF_DEV void rf_group_q5_0(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 22;
+    rf_set_scale(G, rf_ld_h(b), 0.f);
+    const rf_u32 qh = rf_ld_u32_a2(b + 2);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        rf_u32 w = rf_ld_u32_a2(b + 6 + 4 * k);
+        G.q[k] = rf_sub_bytes((w & 0x0f0f0f0fu) | rf_bits_to_b4(qh >> (4 * k)), 16);
+        G.q[k + 4] = rf_sub_bytes(((w >> 4) & 0x0f0f0f0fu) | rf_bits_to_b4(qh >> (16 + 4 * k)), 16);
+    }
+}
+
+// Q5_1: {f16 d, m; u32 qh; u8 qs[16]} 24 B
+RF_DEV void rf_group_q5_1(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 24;
+    rf_set_scale(G, rf_ld_h(b), -rf_ld_h(b + 2));
+    const rf_u32 qh = rf_ld_u32_a2(b + 4);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        rf_u32 w = rf_ld_u32_a2(b + 8 + 4 * k);
+        G.q[k] = (int)((w & 0x0f0f0f0fu) | rf_bits_to_b4(qh >> (4 * k)));
+        G.q[k + 4] = (int)(((w >> 4) & 0x0f0f0f0fu) | rf_bits_to_b4(qh >> (16 + 4 * k)));
+    }
+}
+
+// Q8_0: {f16 d; i8 qs[32]} 34 B
+RF_DEV void rf_group_q8_0(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 34;
+    rf_set_scale(G, rf_ld_h(b), 0.f);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) G.q[k] = (int)rf_ld_u32_a2(b + 2 + 4 * k);
+}
+
+RF_DEV int rf_lut4(const signed char* t, rf_u32 w) {   // 4 nibbles (bytes' low 4 bits) through a table
+    return rf_pack4(t[w & 15], t[(w >> 8) & 15], t[(w >> 16) & 15], t[(w >> 24) & 15]);
+}
+
+// IQ4_NL: {f16 d; u8 qs[16]} 18 B: w = d * kvalues[nibble]
+RF_DEV void rf_group_iq4_nl(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 18;
+    rf_set_scale(G, rf_ld_h(b), 0.f);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        rf_u32 w = rf_ld_u32_a2(b + 2 + 4 * k);
+        G.q[k] = rf_lut4(rf_kv_iq4nl, w);
+        G.q[k + 4] = rf_lut4(rf_kv_iq4nl, w >> 4);
+    }
+}
+
+// MXFP4 (GGUF): {u8 e (E8M0); u8 qs[16]} 17 B: w = 2^(e-128) * 2*E2M1[nibble]
+RF_DEV void rf_group_mxfp4(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 17;
+    const rf_u32 e = b[0];
+    const float d = __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
+    rf_set_scale(G, d, 0.f);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        rf_u32 w = rf_ld_u32(b + 1 + 4 * k);
+        G.q[k] = rf_lut4(rf_kv_mxfp4, w);
+        G.q[k + 4] = rf_lut4(rf_kv_mxfp4, w >> 4);
+    }
+}
+
+// ---- 256-weight super-blocks (k-quants, IQ4_XS): group g = super-block g/8, sub-group s = g%8
+// Q2_K: {u8 scales[16]; u8 qs[64]; f16 d, dmin} 84 B.
+// sub-group s: bytes qs[(s/4)*32 + l], bits 2*(s%4); scales[2s], scales[2s+1] (lo: scale, hi: min)
+RF_DEV void rf_group_q2_k(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + (g >> 3) * 84;
+    const int s = (int)(g & 7);
+    const float d = rf_ld_h(b + 80), dmin = rf_ld_h(b + 82);
+    const int sh = 2 * (s & 3);
+    const rf_u8* qs = b + 16 + (s >> 2) * 32;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) G.q[k] = (int)((rf_ld_u32_a2(qs + 4 * k) >> sh) & 0x03030303u);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int sc = b[2 * s + h];
+        G.d[h] = d * (float)(sc & 15);
+        G.m[h] = dmin * (float)(sc >> 4);
+    }
+}
+
+// Q3_K: {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d} 110 B.
+// q = ((qs >> 2*(s%4)) & 3) - (hmask bit s set ? 0 : 4); 16 6-bit scales, minus 32.
+RF_DEV int rf_q3k_scale(const rf_u8* sc, int i) {
+    const int lo = i < 8 ? (sc[i] & 15) : (sc[i - 8] >> 4);
+    const int hi = (sc[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+RF_DEV void rf_group_q3_k(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + (g >> 3) * 110;
+    const int s = (int)(g & 7);
+    const float d = rf_ld_h(b + 108);
+    const int sh = 2 * (s & 3);
+    const rf_u8* qs = b + 32 + (s >> 2) * 32;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        rf_u32 lo = (rf_ld_u32_a2(qs + 4 * k) >> sh) & 0x03030303u;
+        rf_u32 hb = (rf_ld_u32_a2(b + 4 * k) >> s) & 0x01010101u;
+        G.q[k] = rf_sub_bytes(lo | (hb << 2), 4);
+    }
+    G.d[0] = d * (float)rf_q3k_scale(b + 96, 2 * s);
+    G.d[1] = d * (float)rf_q3k_scale(b + 96, 2 * s + 1);
+    G.m[0] = G.m[1] = 0.f;
+}
+
+// 6-bit scale and min j (0..7) of Q4_K / Q5_K (ggml's get_scale_min_k4)
+RF_DEV void rf_scale_min_k4(const rf_u8* q, int j, int& sc, int& mn) {
+    if (j < 4) {
+        sc = q[j] & 63;
+        mn = q[j + 4] & 63;
+    } else {
+        sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
+        mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Q4_K: {f16 d, dmin; u8 scales[12]; u8 qs[128]} 144 B.
+// sub-group s: nibble (s&1) of qs[(s/2)*32 + l]; w = d*sc*q - dmin*m
+RF_DEV void rf_group_q4_k(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + (g >> 3) * 144;
+    const int s = (int)(g & 7);
+    const float d = rf_ld_h(b), dmin = rf_ld_h(b + 2);
+    int sc, mn;
+    rf_scale_min_k4(b + 4, s, sc, mn);
+    rf_set_scale(G, d * (float)sc, dmin * (float)mn);
+    const rf_u32* qs = (const rf_u32*)(b + 16 + (s >> 1) * 32);
+    const int sh = 4 * (s & 1);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) G.q[k] = (int)((qs[k] >> sh) & 0x0f0f0f0fu);
+}
+
+// Q5_K: {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]} 176 B; 5th bit: qh[l] bit s
+RF_DEV void rf_group_q5_k(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + (g >> 3) * 176;
+    const int s = (int)(g & 7);
+    const float d = rf_ld_h(b), dmin = rf_ld_h(b + 2);
+    int sc, mn;
+    rf_scale_min_k4(b + 4, s, sc, mn);
+    rf_set_scale(G, d * (float)sc, dmin * (float)mn);
+    const rf_u32* qh = (const rf_u32*)(b + 16);
+    const rf_u32* qs = (const rf_u32*)(b + 48 + (s >> 1) * 32);
+    const int sh = 4 * (s & 1);
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+        G.q[k] = (int)(((qs[k] >> sh) & 0x0f0f0f0fu) | (((qh[k] >> s) & 0x01010101u) << 4));
+}
+
+// Q6_K: {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d} 210 B.
+// sub-group s = 4h + k: ql[h*64 + (k&1)*32 + l] nibble (k>>1), qh[h*32 + l] bits 2k..2k+1, minus 32;
+// scales[h*8 + 2k + l/16]
+RF_DEV void rf_group_q6_k(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + (g >> 3) * 210;
+    const int s = (int)(g & 7);
+    const int h = s >> 2, k4 = s & 3;
+    const float d = rf_ld_h(b + 208);
+    const rf_u8* ql = b + h * 64 + (k4 & 1) * 32;
+    const rf_u8* qh = b + 128 + h * 32;
+    const int shl = 4 * (k4 >> 1), shh = 2 * k4;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        rf_u32 lo = (rf_ld_u32_a2(ql + 4 * k) >> shl) & 0x0f0f0f0fu;
+        rf_u32 hi = (rf_ld_u32_a2(qh + 4 * k) >> shh) & 0x03030303u;
+        G.q[k] = rf_sub_bytes(lo | (hi << 4), 32);
+    }
+    const rf_i8* sc = (const rf_i8*)(b + 192 + h * 8 + 2 * k4);
+    G.d[0] = d * (float)sc[0];
+    G.d[1] = d * (float)sc[1];
+    G.m[0] = G.m[1] = 0.f;
+}
+
+// IQ4_XS: {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]} 136 B.
+// sub-group s: 6-bit scale ls, w = d*(ls-32)*kvalues[nibble] of qs[s*16 + j] (lo: j, hi: j+16)
+RF_DEV void rf_group_iq4_xs(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + (g >> 3) * 136;
+    const int s = (int)(g & 7);
+    const float d = rf_ld_h(b);
+    const int sh = rf_ld_u16(b + 2);
+    const int ls = ((b[4 + (s >> 1)] >> (4 * (s & 1))) & 15) | (((sh >> (2 * s)) & 3) << 4);
+    rf_set_scale(G, d * (float)(ls - 32), 0.f);
+    const rf_u32* qs = (const rf_u32*)(b + 8 + s * 16);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        rf_u32 w = qs[k];
+        G.q[k] = rf_lut4(rf_kv_iq4nl, w);
+        G.q[k + 4] = rf_lut4(rf_kv_iq4nl, w >> 4);
+    }
+}
+
+// X-macro of every block format with a decoder: (name, bytes per 32-weight group numerator info unused)
+#define RF_FOR_EACH_BLOCK_FORMAT(X) \
+    X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q8_0) X(iq4_nl) X(mxfp4) \
+    X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k) X(iq4_xs)
