@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import TensorMapError
+
 
 def moe(ctx, step):
     be = ctx.backend
     x = ctx.get(step["in"])
     k = int(ctx.value(step, "n_expert_used", "n_expert_used"))
-    logits = be.linear(x, ctx.tensor(step["router"]))                       # (T, n_expert)
+    router = ctx.tensor(step["router"])                                     # (n_expert, n_embd)
+    gate, up, down = (ctx.tensor(step[n]) for n in ("gate", "up", "down"))   # (n_expert, rows, cols)
+    counts = {step[n]: t.shape[0] for n, t in (("router", router), ("gate", gate), ("up", up), ("down", down))}
+    if len(set(counts.values())) > 1:
+        raise TensorMapError(f"layer {ctx.layer}: expert counts differ between tensors: {counts}")
+    logits = be.linear(x, router)                                           # (T, n_expert)
     weights, ids = be.moe_route(logits, k, step.get("gating", "softmax"), bool(ctx.value(step, "norm_topk", True)))
     act = step.get("act", "silu")
-    y = be.moe_ffn(x, ctx.tensor(step["gate"]), ctx.tensor(step["up"]), ctx.tensor(step["down"]), weights, ids, act)
+    y = be.moe_ffn(x, gate, up, down, weights, ids, act)
     shared = step.get("shared")
     if shared:
         h = be.mul(be.act(be.linear(x, ctx.tensor(shared["gate"])), act), be.linear(x, ctx.tensor(shared["up"])))
