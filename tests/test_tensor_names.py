@@ -1,0 +1,97 @@
+"""Every HF -> GGUF name pair of every registered tensor map agrees with gguf-py.
+
+gguf-py's ``TensorNameMap`` is what llama.cpp's converter uses, so a pair it
+disagrees with would make our GGUF files differ from llama.cpp's. HF names are
+checked without their ``.weight``/``.bias`` suffix (as gguf-py stores them);
+per-expert ``{j}`` patterns are checked in the merged form the converter
+names (``...experts.{j}.w1`` -> ``...experts.w1``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from rocmforge.registry import architectures
+
+N_BLOCKS = 4
+
+# (architecture, HF name regex (with {i} -> 0, suffix removed)) pairs gguf-py's TensorNameMap
+# does not map, with why our pair is right anyway.
+UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
+    ("*", r"^model\.layers\.0\.mlp\.experts\.gate_up_proj$"):
+        "transformers>=5 in-memory fused experts (gate rows then up rows), split by hf_fused; "
+        "converters only ever see the per-expert names save_pretrained writes",
+    ("gemma2", r"^lm_head$"):
+        "Gemma 2 always ties the head: gguf-py lists no 'output' for gemma2 and llama.cpp duplicates "
+        "token_embd; an exported lm_head.weight (a copy of the embedding) still has to map somewhere",
+}
+
+# (GGUF arch id, canonical name) pairs gguf-py does not list for the architecture, with why we have them.
+NOT_IN_GGUF_ARCH: dict[tuple[str, str], str] = {
+    ("gemma2", "output"): "tied_to token_embd; only present when an HF export carries lm_head.weight",
+}
+
+
+def _gguf_arch(arch_id: str):
+    for arch, name in gguf.MODEL_ARCH_NAMES.items():
+        if name == arch_id:
+            return arch
+    return None
+
+
+def _strip(name: str) -> str:
+    for suffix in (".weight", ".bias"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _pairs():
+    """(arch, gguf arch id, canonical, hf name) for every hf name of every map entry."""
+    out = []
+    for name, spec in sorted(architectures().items()):
+        arch_id = spec.recipe_obj.gguf_archs[0] if spec.recipe_obj.gguf_archs else None
+        for canon, entry in spec.map_obj.tensors.items():
+            for hf in [*entry.hf, *entry.hf_fused]:
+                out.append(pytest.param(name, arch_id, canon, hf, id=f"{name}:{canon}<-{hf}"))
+    return out
+
+
+def _canonicals():
+    out = []
+    for name, spec in sorted(architectures().items()):
+        for arch_id in spec.recipe_obj.gguf_archs:
+            for canon in spec.map_obj.tensors:
+                out.append(pytest.param(name, arch_id, canon, id=f"{name}:{arch_id}:{canon}"))
+    return out
+
+
+@pytest.mark.parametrize(("name", "arch_id", "canon", "hf"), _pairs())
+def test_hf_name_maps_to_canonical(name, arch_id, canon, hf):
+    arch = _gguf_arch(arch_id) if arch_id else None
+    if arch is None:
+        pytest.skip(f"{name}: GGUF arch '{arch_id}' unknown to gguf-py")
+    hf0 = _strip(hf.replace("{i}", "0").replace(".{j}", ""))
+    for arch_name, pattern in UNKNOWN_TO_GGUF_PY:
+        if arch_name in ("*", name) and re.match(pattern, hf0):
+            return
+    want = _strip(canon.replace("{i}", "0"))
+    got = gguf.TensorNameMap(arch, N_BLOCKS).get_name(hf0)
+    assert got == want, (f"{name}: mappings say '{hf}' -> '{canon}', gguf-py's TensorNameMap({arch_id}) "
+                         f"says '{hf0}' -> {got!r}")
+
+
+@pytest.mark.parametrize(("name", "arch_id", "canon"), _canonicals())
+def test_canonical_name_is_a_gguf_tensor_of_the_arch(name, arch_id, canon):
+    arch = _gguf_arch(arch_id)
+    if arch is None:
+        pytest.skip(f"GGUF arch '{arch_id}' unknown to gguf-py")
+    if (arch_id, canon) in NOT_IN_GGUF_ARCH:
+        return
+    known = {gguf.TENSOR_NAMES[t].replace("{bid}", "{i}") for t in gguf.MODEL_TENSORS[arch]}
+    assert _strip(canon) in known, (f"{name}: canonical tensor '{canon}' is not a tensor of GGUF arch "
+                                    f"'{arch_id}' in gguf-py (known: {sorted(known)})")
