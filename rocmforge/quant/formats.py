@@ -26,7 +26,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import QuantFormatError
-from . import ggml, mx
+from . import ggml, kquants, mx
 from .ggml import Codec
 
 # name -> (dequant kernel, matvec kernel). Filled in by whoever writes the
@@ -137,12 +137,21 @@ def _registry() -> dict[str, QuantFormat]:
         desc = _DESCRIPTIONS.get(name, f"GGUF block type: {block_size} weights in {type_size} bytes")
         out[name] = _make(name, block_size, type_size, int(qtype), "block", desc,
                           decode=ggml.gguf_decoder(qtype),
-                          encode=ggml.gguf_encoder(qtype) if can_quantize else None)
+                          encode=_gguf_block_encoder(name, qtype, can_quantize))
     for name, elem in mx.ELEMENTS.items():
         out[name] = _make(name, mx.BLOCK, elem.type_size, None, "block",
                           elem.description + "; 32-element blocks, E8M0 scale first",
                           decode=mx.decoder(name), encode=mx.encoder(name))
     return out
+
+
+def _gguf_block_encoder(name: str, qtype, can_quantize: bool) -> Codec | None:
+    """gguf.quants' encoder where it has one, else our simple k-quant reference encoders."""
+    if can_quantize:
+        return ggml.gguf_encoder(qtype)
+    if name in kquants.ENCODERS:
+        return kquants.encoder(name)
+    return None
 
 
 def get_format(qtype: str | QuantFormat) -> QuantFormat:
