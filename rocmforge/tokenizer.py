@@ -410,49 +410,65 @@ class Tokenizer:
 class StreamDecoder:
     """Turn token ids, fed one at a time, into text pieces.
 
-    A piece never ends inside a UTF-8 character: bytes of an incomplete
-    character (which decode to U+FFFD) are held back until the character is
-    complete. ``"".join(pieces) + flush() == tokenizer.decode(all_ids)``.
+    A piece never ends inside a UTF-8 character: the bytes of an incomplete
+    character (which decode to U+FFFD) are held back until it is complete.
+    At the end of the stream, ``flush()`` returns whatever is still held
+    back, and ``"".join(pieces) + flush() == tokenizer.decode(all_ids)``.
 
-    Each step decodes a short window: the tokens since the last piece plus
-    the ones before them back to the previous piece boundary, so spacing
-    rules that look at the neighbouring token (SentencePiece's ``▁``, the
-    leading-space strip) see the same context as a full decode."""
+    Each step decodes a short window of tokens: those not yet settled plus
+    the ones back to the previous settled boundary, so rules that depend on
+    the neighbouring token (SentencePiece's ``▁``, the leading-space strip)
+    see the same context as a full decode and the cost per token stays
+    constant."""
+
+    # After this many unsettled tokens whose text still ends in U+FFFD, the
+    # U+FFFD is taken as final (the model produced invalid bytes), so a stream
+    # of garbage cannot grow the window without bound.
+    MAX_PENDING = 16
 
     def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
         self._tok = tokenizer
         self._skip = skip_special
         self._ids: list[int] = []
-        self._prefix = 0  # start of the decode window
-        self._read = 0  # tokens before this index have been emitted
+        self._prefix = 0  # window start
+        self._read = 0  # text of ids[_prefix:_read] is settled and emitted
+        self._partial = ""  # text emitted from ids[_read:] (complete characters before a pending one)
 
     def put(self, token_id: int) -> str:
         """Feed one id; return the new text (possibly "")."""
         self._ids.append(int(token_id))
         prefix_text = self._decode(self._prefix, self._read)
         full_text = self._decode(self._prefix, len(self._ids))
-        if (
-            len(full_text) > len(prefix_text)
-            and not full_text.endswith("\ufffd")
-            and full_text.startswith(prefix_text)
-        ):
-            self._prefix, self._read = self._read, len(self._ids)
-            return full_text[len(prefix_text) :]
-        return ""
+        if not full_text.startswith(prefix_text):
+            return ""  # context changed the settled text; wait for more (not seen with our decoders)
+        new = full_text[len(prefix_text) :]
+        if not new.startswith(self._partial):
+            return ""
+        pending = new.endswith("\ufffd") and len(self._ids) - self._read < self.MAX_PENDING
+        if pending:
+            # emit the complete characters before the incomplete one
+            stable = new.rstrip("\ufffd")
+            piece = stable[len(self._partial) :]
+            self._partial = stable if piece else self._partial
+            return piece
+        piece = new[len(self._partial) :]
+        self._prefix, self._read, self._partial = self._read, len(self._ids), ""
+        return piece
 
     __call__ = put
 
     def flush(self) -> str:
-        """Text still held back (an incomplete character at the end becomes U+FFFD); resets the window."""
+        """At the end of the stream: the text still held back (an incomplete character becomes U+FFFD)."""
         prefix_text = self._decode(self._prefix, self._read)
         full_text = self._decode(self._prefix, len(self._ids))
-        self._prefix = self._read = len(self._ids)
-        if full_text.startswith(prefix_text):
-            return full_text[len(prefix_text) :]
-        return full_text  # not reached with the tokenizers we build; best effort
+        new = full_text.removeprefix(prefix_text)
+        piece = new.removeprefix(self._partial)
+        self._prefix, self._read, self._partial = self._read, len(self._ids), ""
+        return piece
 
     @property
     def ids(self) -> list[int]:
+        """Every id fed so far."""
         return list(self._ids)
 
     def _decode(self, start: int, stop: int) -> str:

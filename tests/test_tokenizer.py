@@ -416,3 +416,32 @@ def test_tiny_sentencepiece_vocab_with_space_prefix():
     assert tok.decode(ids) == "hi é"
     assert tok.eos_ids == {2}
     assert "".join(_stream(tok, ids)) == "hi é"
+
+
+@pytest.mark.parametrize("name", ["smollm", "gemma"])
+def test_stream_decoder_emits_complete_text_before_a_pending_character(request, name):
+    tok = request.getfixturevalue(name)
+    text = "ab 🩳🩳 c 🩳 d"
+    ids = tok.encode(text, add_special=False)
+    dec = tok.stream_decoder()
+    seen = ""
+    for i in ids:
+        seen += dec.put(i)
+        assert text.startswith(seen) and "\ufffd" not in seen
+        so_far = tok.decode(dec.ids)
+        if "\ufffd" not in so_far:
+            assert seen == so_far  # nothing held back once the text is complete
+    assert seen + dec.flush() == text
+    # a byte-level token can end with the first bytes of the emoji: the text before them is out already
+    if name == "smollm":
+        dec = tok.stream_decoder()
+        first = [dec.put(i) for i in tok.encode("x 🩳", add_special=False)]
+        assert first[0] == "x" and "".join(first) == "x 🩳"
+
+
+def test_stream_decoder_bounded_on_invalid_bytes(gemma):
+    ids = [gemma.token_to_id("<0xF0>")] * 40 + [gemma.token_to_id("▁ok")]
+    dec = gemma.stream_decoder()
+    pieces = [dec.put(i) for i in ids]
+    assert any(pieces[: StreamDecoder.MAX_PENDING + 1])  # gave up waiting for the character to complete
+    assert "".join(pieces) + dec.flush() == gemma.decode(ids)
