@@ -51,11 +51,31 @@ def names(text: str) -> set[str]:
     return {n.id for n in ast.walk(parse(text)) if isinstance(n, ast.Name)}
 
 
+# Bounds that keep a hostile or mistaken expression from hanging or exhausting memory.
+_MAX_POW_EXPONENT = 1024
+_MAX_STR_LEN = 4096
+
+
 def evaluate(text: str | int | float | bool, env: Mapping[str, Any]) -> Any:
     """Evaluate ``text`` with names looked up in ``env``; numbers pass through."""
     if not isinstance(text, str):
         return text
-    return _eval(parse(text).body, env, text)
+    try:
+        return _eval(parse(text).body, env, text)
+    except (ArithmeticError, TypeError) as exc:  # 1 / 0, 10.0 ** 400, "a" + 1
+        raise ExprError(f"'{text}': {type(exc).__name__}: {exc}") from None
+
+
+def _binop(node: ast.BinOp, env: Mapping[str, Any], text: str) -> Any:
+    left, right = _eval(node.left, env, text), _eval(node.right, env, text)
+    if isinstance(node.op, ast.Pow) and isinstance(right, (int, float)) and abs(right) > _MAX_POW_EXPONENT:
+        raise ExprError(f"'{text}': exponent {right} is larger than {_MAX_POW_EXPONENT}")
+    if isinstance(left, str) or isinstance(right, str):
+        if not isinstance(node.op, ast.Add) or not (isinstance(left, str) and isinstance(right, str)):
+            raise ExprError(f"'{text}': only + joins strings")
+        if len(left) + len(right) > _MAX_STR_LEN:
+            raise ExprError(f"'{text}': string longer than {_MAX_STR_LEN}")
+    return _BIN[type(node.op)](left, right)
 
 
 def _eval(node: ast.AST, env: Mapping[str, Any], text: str) -> Any:
@@ -70,13 +90,17 @@ def _eval(node: ast.AST, env: Mapping[str, Any], text: str) -> Any:
             raise ExprError(f"'{text}': unknown name '{node.id}' (known: {', '.join(sorted(env))})")
         return env[node.id]
     if isinstance(node, ast.BinOp):
-        return _BIN[type(node.op)](_eval(node.left, env, text), _eval(node.right, env, text))
+        return _binop(node, env, text)
     if isinstance(node, ast.UnaryOp):
         return _UNARY[type(node.op)](_eval(node.operand, env, text))
     if isinstance(node, ast.BoolOp):
-        if isinstance(node.op, ast.And):
-            return all(_eval(v, env, text) for v in node.values)
-        return any(_eval(v, env, text) for v in node.values)
+        # Python semantics: short-circuit and return the deciding operand (``head_dim or 64``)
+        value = None
+        for v in node.values:
+            value = _eval(v, env, text)
+            if bool(value) != isinstance(node.op, ast.And):
+                return value
+        return value
     if isinstance(node, ast.Compare):
         left = _eval(node.left, env, text)
         for op, comp in zip(node.ops, node.comparators):
