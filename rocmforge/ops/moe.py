@@ -31,7 +31,8 @@ def moe(ctx, step):
         h = be.mul(be.act(be.linear(x, ctx.tensor(shared["gate"])), act), be.linear(x, ctx.tensor(shared["up"])))
         s = be.linear(h, ctx.tensor(shared["down"]))
         if "gate_inp" in shared:
-            g = be.to_numpy(be.linear(x, ctx.tensor(shared["gate_inp"])))    # (T, 1)
+            # (T, 1); llama.cpp's GGUF stores the gate as a vector (n_embd,), HF as (1, n_embd)
+            g = be.to_numpy(be.linear(x, ctx.tensor(shared["gate_inp"]))).reshape(-1, 1)
             s = be.mul(s, be.upload((1.0 / (1.0 + np.exp(-g))).astype(np.float32)))
         y = be.add(y, s)
     ctx.set(step["out"], y)
