@@ -49,9 +49,10 @@ def _str_list(v: Any, file: str, key: str) -> list[str]:
 
 
 def _only_keys(d: dict, allowed: set[str], file: str, key: str) -> None:
-    extra = set(d) - allowed
-    _expect(not extra, file, f"{key}.{sorted(extra)[0] if extra else ''}",
-            f"one of {sorted(allowed)}", sorted(extra))
+    extra = sorted(set(d) - allowed, key=str)
+    if extra:
+        where = f"{key}.{extra[0]}" if key else str(extra[0])   # "blocks", not ".blocks", at the top level
+        raise SchemaError(file, where, f"one of {sorted(allowed)}", extra)
 
 
 # ---------------------------------------------------------------- recipes
