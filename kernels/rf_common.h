@@ -45,6 +45,10 @@ typedef signed char rf_i8;
 
 #define RF_DEV __device__ __forceinline__
 
+#ifndef INFINITY   /* NVRTC has no math.h */
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 // ---- shuffles and warp reductions ----------------------------------------
 #if defined(RF_HIP)
 #  define rf_shfl_xor(v, m) __shfl_xor((v), (m))

@@ -1,0 +1,138 @@
+"""GPU kernel benchmarks: fused dequant+matvec per quant format, and a synthetic 7B-shaped decode step.
+
+    PYTHONPATH=. python3 benchmarks/gpu_ops.py [--json out.json] [--layers 32] [--formats Q4_0,Q4_K]
+
+Matvec: y = W x for one token (T=1), W (N, K) in each format; GB/s counts the
+bytes of W (the traffic that bounds decode). Decode step: LLaMA-7B shapes
+(d 4096, ff 11008, 32 heads, 32 layers, Q4_K weights, Q6_K head, 512 cached
+tokens), every op through CupyBackend, timed with events, eager launches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+           "IQ4_NL", "IQ4_XS", "MXFP4", "F16", "BF16", "F32"]
+
+
+def timeit(cp, fn, iters=50, warmup=5):
+    for _ in range(warmup):
+        fn()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(iters):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
+    return float(np.median(times))
+
+
+def bench_matvec(be, cp, formats, shapes):
+    from rocmforge.quant import nbytes
+    from rocmforge.quant.samples import random_blocks
+
+    rows = []
+    for (N, K) in shapes:
+        x = be.upload(np.random.default_rng(0).standard_normal((1, K)).astype(np.float32))
+        for q in formats:
+            raw = random_blocks(q, (N, K), 1)
+            w = be.weight_from_array(q, (N, K), raw)
+            t = timeit(cp, lambda: be.linear(x, w))
+            b = nbytes(q, (N, K))
+            rows.append({"format": q, "N": N, "K": K, "us": t * 1e6, "GBps": b / t / 1e9})
+            print(f"matvec {q:7s} {N:6d}x{K:<6d} {t * 1e6:8.1f} us {b / t / 1e9:8.1f} GB/s", flush=True)
+            del w
+        # reference points: fp16 cuBLAS gemv and a device copy of the same bytes
+        w16 = cp.asarray(np.random.default_rng(2).standard_normal((N, K)).astype(np.float16))
+        x16 = x.astype(cp.float16)
+        t = timeit(cp, lambda: w16 @ x16.T)
+        rows.append({"format": "cuBLAS-f16", "N": N, "K": K, "us": t * 1e6, "GBps": N * K * 2 / t / 1e9})
+        print(f"matvec cuBLAS f16 {N}x{K} {t * 1e6:8.1f} us {N * K * 2 / t / 1e9:8.1f} GB/s", flush=True)
+    a = cp.empty(1 << 30, cp.uint8)
+    b = cp.empty_like(a)
+    t = timeit(cp, lambda: cp.copyto(b, a), iters=10)
+    rows.append({"format": "copy", "N": 0, "K": 0, "us": t * 1e6, "GBps": 2 * a.size / t / 1e9})
+    print(f"device copy 1 GiB: {2 * a.size / t / 1e9:.0f} GB/s (read+write)", flush=True)
+    return rows
+
+
+def bench_decode(be, cp, n_layer=32, ctx=512, wq="Q4_K", hq="Q6_K"):
+    from rocmforge.quant import nbytes
+    from rocmforge.quant.samples import random_blocks
+
+    d, ff, H, Hkv, D, V = 4096, 11008, 32, 32, 128, 32000
+    shapes = {"q": (d, d), "k": (Hkv * D, d), "v": (Hkv * D, d), "o": (d, d),
+              "gate": (ff, d), "up": (ff, d), "down": (d, ff)}
+    proto = {n: random_blocks(wq, s, i) for i, (n, s) in enumerate(shapes.items())}
+    layers = [{n: be.weight_from_array(wq, s, proto[n]) for n, s in shapes.items()} for _ in range(n_layer)]
+    head = be.weight_from_array(hq, (V, d), random_blocks(hq, (V, d), 9))
+    rng = np.random.default_rng(0)
+    norm = be.upload(1 + 0.1 * rng.standard_normal(d).astype(np.float32))
+    cache = be.new_kv_cache(n_layer, Hkv, D, D, ctx + 64)
+    cache.k[...] = 0.01
+    cache.v[...] = 0.01
+    inv = (1.0 / (10000.0 ** (np.arange(0, D, 2) / D))).astype(np.float32)
+    x0 = be.upload(rng.standard_normal((1, d)).astype(np.float32))
+    pos = np.array([ctx], np.int64)
+
+    def step():
+        x = x0
+        for i, L in enumerate(layers):
+            h = be.rms_norm(x, norm, 1e-5)
+            q = be.rope(be.linear(h, L["q"]).reshape(1, H, D), pos, inv, "normal", D)
+            k = be.rope(be.linear(h, L["k"]).reshape(1, Hkv, D), pos, inv, "normal", D)
+            v = be.linear(h, L["v"]).reshape(1, Hkv, D)
+            a = be.attention(q, k, v, cache, i, ctx, 1 / math.sqrt(D))
+            x = be.add(x, be.linear(a.reshape(1, -1), L["o"]))
+            h = be.rms_norm(x, norm, 1e-5)
+            x = be.add(x, be.linear(be.act_mul(be.linear(h, L["gate"]), be.linear(h, L["up"]), "silu"), L["down"]))
+        return be.linear(be.rms_norm(x, norm, 1e-5), head)
+
+    t = timeit(cp, step, iters=10, warmup=2)
+    wbytes = n_layer * sum(nbytes(wq, s) for s in shapes.values()) + nbytes(hq, (V, d))
+    kvbytes = n_layer * 2 * ctx * Hkv * D * 2
+    out = {"n_layer": n_layer, "ctx": ctx, "ms": t * 1e3, "tok_s": 1 / t,
+           "weight_GB": wbytes / 1e9, "GBps": (wbytes + kvbytes) / t / 1e9}
+    print(f"decode step 7B {wq} ({n_layer} layers, ctx {ctx}): {t * 1e3:.2f} ms = {1 / t:.1f} tok/s, "
+          f"{(wbytes + kvbytes) / t / 1e9:.0f} GB/s effective", flush=True)
+    return out
+
+
+def main():
+    import cupy as cp
+
+    from rocmforge.backends.cupy_backend import CupyBackend
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--no-decode", action="store_true")
+    a = ap.parse_args()
+    be = CupyBackend()
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    card = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    print(f"card: {card}, warp {be.warp}, {be.n_sm} SMs", flush=True)
+    t0 = time.time()
+    res = {"card": card, "matvec": bench_matvec(be, cp, a.formats.split(","), [(4096, 4096), (11008, 4096)])}
+    if not a.no_decode:
+        res["decode"] = bench_decode(be, cp, a.layers)
+    res["seconds"] = time.time() - t0
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,540 @@
+"""The GPU backend: kernels/*.hip run through CuPy ``RawModule`` (hipRTC on ROCm, NVRTC on CUDA).
+
+CuPy is imported when a ``CupyBackend`` is made, never at ``import rocmforge``.
+Kernel sources are read with ``importlib.resources`` from ``rocmforge.kernels``
+(the top-level ``kernels/`` folder of a source checkout as a fallback), their
+``#include "rf_*.h"`` lines inlined, and compiled on first use with the
+device's warp size passed as ``-DRF_WARP_SIZE``; modules are cached per
+(file, defines).
+
+Weights stay quantised on the GPU (:class:`GpuWeight`: the raw GGUF block
+bytes, sub-allocated from a few large arena chunks). ``linear`` with up to
+``MATVEC_MAX_T`` rows runs a fused dequant+matvec kernel per format (int8
+activations and dp4a for block formats); longer inputs (prefill) dequantise
+the weight to fp16 and use CuPy's BLAS matmul. The KV cache is fp16 and
+preallocated for ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeviceError, RocmforgeError
+from .base import Backend
+
+# quant-registry format name -> kernel suffix (matvec_<s>, dequant_<s>) of kernels/rf_quant.h
+BLOCK_KERNELS: dict[str, str] = {
+    "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0",
+    "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k",
+    "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs", "MXFP4": "mxfp4",
+}
+# plain formats: kernel suffix and the dequant_plain "kind"
+FLOAT_KERNELS: dict[str, tuple[str, int]] = {"F32": ("f32", 0), "F16": ("f16", 1), "BF16": ("bf16", 2)}
+
+MATVEC_MAX_T = 8          # must equal RF_MV_MAXT in kernels/matvec.hip
+MATVEC_ROWS = 4           # warps (rows) per matvec block
+DECODE_MAX_T = 4          # attention: decode kernel up to this many queries, tiled prefill beyond
+ACT_KINDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+_ARENA_CHUNK = 256 << 20
+_ALIGN = 256
+
+
+def kernel_source(name: str) -> str:
+    """Text of kernels/<name> from the installed package (or the source checkout)."""
+    try:
+        from importlib.resources import files
+
+        return files("rocmforge.kernels").joinpath(name).read_text()
+    except (ModuleNotFoundError, FileNotFoundError):
+        path = Path(__file__).resolve().parents[2] / "kernels" / name
+        if not path.is_file():
+            raise DeviceError(f"kernel source {name} not found (looked in rocmforge.kernels and {path})") from None
+        return path.read_text()
+
+
+def _inline_includes(name: str, seen: set[str] | None = None) -> str:
+    seen = set() if seen is None else seen
+    out = []
+    for line in kernel_source(name).splitlines():
+        m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
+        if m:
+            inc = m.group(1)
+            if inc not in seen:
+                seen.add(inc)
+                out.append(_inline_includes(inc, seen))
+            continue
+        if line.strip() == "#pragma once":
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+@dataclass
+class GpuWeight:
+    """A weight on the GPU in its file format: ``data`` is a uint8 view of the raw bytes."""
+
+    qtype: str                 # registry name of the format on the GPU
+    shape: tuple[int, ...]     # NumPy order: (..., rows, K)
+    data: Any                  # cupy uint8 (n_bytes,)
+    row_bytes: int
+
+    @property
+    def K(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def rows(self) -> int:
+        return int(np.prod(self.shape[:-1], dtype=np.int64))
+
+    def typed(self, cp):
+        """F32/F16 data as a typed (..., K) array view (float formats only)."""
+        dt = {"F32": cp.float32, "F16": cp.float16}[self.qtype]
+        return self.data.view(dt).reshape(self.shape)
+
+    def expert(self, e: int) -> "GpuWeight":
+        """Expert ``e`` of an (E, rows, K) weight, as a 2-D weight (a view, no copy)."""
+        per = int(np.prod(self.shape[1:-1], dtype=np.int64)) * self.row_bytes
+        return GpuWeight(self.qtype, tuple(self.shape[1:]), self.data[e * per:(e + 1) * per], self.row_bytes)
+
+
+class GpuKVCache:
+    """K and V of every layer, (n_layer, max_tokens, n_kv_head, head_dim) fp16, allocated up front."""
+
+    def __init__(self, cp, n_layer, n_kv_head, dk, dv, max_tokens):
+        self.max_tokens = int(max_tokens)
+        self.n_kv_head, self.dk, self.dv = int(n_kv_head), int(dk), int(dv)
+        self.k = cp.empty((n_layer, max_tokens, n_kv_head, dk), cp.float16)
+        self.v = cp.empty((n_layer, max_tokens, n_kv_head, dv), cp.float16)
+        self.length = [0] * n_layer
+
+
+class _Arena:
+    """Bump allocator over a few large device chunks (weights live as long as the backend)."""
+
+    def __init__(self, cp):
+        self.cp = cp
+        self.chunk = None
+        self.off = 0
+
+    def alloc(self, n: int):
+        cp = self.cp
+        n_al = (n + _ALIGN - 1) // _ALIGN * _ALIGN
+        if n_al > _ARENA_CHUNK // 4:
+            return cp.empty(n_al, cp.uint8)[:n]
+        if self.chunk is None or self.off + n_al > self.chunk.size:
+            self.chunk = cp.empty(_ARENA_CHUNK, cp.uint8)
+            self.off = 0
+        view = self.chunk[self.off:self.off + n]
+        self.off += n_al
+        return view
+
+
+def _null():
+    return np.uint64(0)
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+    device = "gpu"
+
+    def __init__(self, poison: bool = False):
+        """``poison``: fill every output buffer with NaN before a kernel writes it (tests)."""
+        try:
+            import cupy as cp
+        except ImportError as exc:  # pragma: no cover - get_backend checks first
+            raise DeviceError(f"the GPU backend needs CuPy ({exc})") from None
+        self.cp = cp
+        self.poison = poison
+        dev = cp.cuda.Device()
+        self.warp = int(dev.attributes["WarpSize"])
+        self.n_sm = int(dev.attributes["MultiProcessorCount"])
+        self.is_hip = bool(getattr(cp.cuda.runtime, "is_hip", False))
+        self._modules: dict[tuple, Any] = {}
+        self._kernels: dict[tuple, Any] = {}
+        self._arena = _Arena(cp)
+        self._small: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------ compilation
+    def _kernel(self, file: str, name: str, defines: tuple[tuple[str, int], ...] = ()):
+        key = (file, name, defines)
+        k = self._kernels.get(key)
+        if k is None:
+            mkey = (file, defines)
+            mod = self._modules.get(mkey)
+            if mod is None:
+                opts = [f"-DRF_WARP_SIZE={self.warp}"] + [f"-D{n}={v}" for n, v in defines]
+                if not self.is_hip:
+                    opts.append("--std=c++17")
+                mod = self.cp.RawModule(code=_inline_includes(file), options=tuple(opts))
+                self._modules[mkey] = mod
+            k = self._kernels[key] = mod.get_function(name)
+        return k
+
+    def _launch(self, file, name, grid, block, args, defines=(), shared=0):
+        self._kernel(file, name, defines)(grid, block, args, shared_mem=shared)
+
+    def _out(self, shape, dtype=None):
+        cp = self.cp
+        dtype = dtype or cp.float32
+        if self.poison and np.dtype(dtype).kind == "f":
+            return cp.full(shape, np.nan, dtype)
+        if self.poison:
+            return cp.full(shape, -7, dtype)
+        return cp.empty(shape, dtype)
+
+    def _f32(self, a):
+        cp = self.cp
+        return cp.ascontiguousarray(a, dtype=cp.float32)
+
+    @staticmethod
+    def _grid1d(n: int, threads: int = 256) -> int:
+        return max(1, min((n + threads - 1) // threads, 65535 * 8))
+
+    # ------------------------------------------------------------ data movement
+    def upload(self, a):
+        cp = self.cp
+        a = np.asarray(a)
+        if a.dtype.kind in "iub":
+            return cp.asarray(a)
+        return cp.asarray(a, dtype=cp.float32)
+
+    def to_numpy(self, a):
+        if isinstance(a, np.ndarray):
+            return a
+        return self.cp.asnumpy(a)
+
+    def synchronize(self) -> None:
+        self.cp.cuda.Device().synchronize()
+
+    def weight(self, raw):
+        """1-D tensors (norms, biases) -> float32 arrays; matrices stay in their file format."""
+        cp = self.cp
+        shape = tuple(int(s) for s in raw.shape)
+        try:
+            if len(shape) <= 1:
+                return cp.asarray(np.ascontiguousarray(raw.dequantize(), dtype=np.float32))
+            qtype = raw.qtype.upper()
+            if qtype in BLOCK_KERNELS or qtype in FLOAT_KERNELS:
+                data = raw.data
+                if isinstance(data, np.ndarray):
+                    host = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+                else:
+                    host = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+            else:
+                # no GPU decoder for this format yet: decode once on the CPU, keep float32
+                qtype = "F32"
+                host = np.ascontiguousarray(raw.dequantize(), dtype=np.float32).reshape(-1).view(np.uint8)
+            rows = int(np.prod(shape[:-1], dtype=np.int64))
+            if host.size % max(rows, 1):
+                raise RocmforgeError(f"tensor {raw.name!r}: {host.size} bytes do not split into {rows} rows")
+            buf = self._arena.alloc(host.size)
+            buf.set(host)
+            return GpuWeight(qtype, shape, buf, host.size // max(rows, 1))
+        except cp.cuda.memory.OutOfMemoryError as exc:
+            raise DeviceError(f"out of GPU memory while uploading tensor {getattr(raw, 'name', '?')!r} "
+                              f"({exc}); use a smaller model or device='cpu'") from None
+
+    def weight_from_array(self, qtype: str, shape, raw_bytes: np.ndarray) -> GpuWeight:
+        """Upload raw bytes of a ``qtype`` tensor of ``shape`` (tests, benchmarks)."""
+
+        @dataclass
+        class _R:
+            name: str
+            qtype: str
+            shape: tuple
+            data: np.ndarray
+
+            def dequantize(self):
+                from ..quant import dequantize
+
+                return dequantize(self.data, self.qtype, self.shape)
+
+        return self.weight(_R("array", qtype, tuple(shape), raw_bytes))
+
+    # ------------------------------------------------------------ dequant / matvec
+    def dequant(self, w: GpuWeight, rows=None, dtype="f32"):
+        """(rows, K) float32 or float16 of weight ``w`` (all rows, or those indexed by ``rows``)."""
+        cp = self.cp
+        n_rows = w.rows if rows is None else int(rows.size)
+        out = self._out((n_rows, w.K), cp.float32 if dtype == "f32" else cp.float16)
+        o32, o16 = (out, _null()) if dtype == "f32" else (_null(), out)
+        rows_arg = _null() if rows is None else rows
+        if w.qtype in BLOCK_KERNELS:
+            n = n_rows * (w.K // 32)
+            self._launch("dequant.hip", f"dequant_{BLOCK_KERNELS[w.qtype]}", (self._grid1d(n),), (256,),
+                         (w.data, np.int64(w.row_bytes), rows_arg, np.int64(n_rows), np.int32(w.K), o32, o16))
+        else:
+            kind = FLOAT_KERNELS[w.qtype][1]
+            n = n_rows * w.K
+            self._launch("dequant.hip", "dequant_plain", (self._grid1d(n),), (256,),
+                         (w.data, np.int32(kind), rows_arg, np.int64(n_rows), np.int32(w.K), o32, o16))
+        return out
+
+    def _quantize_act(self, x):
+        """x (R, K) float32 -> int8 blocks of 32 (xq, xd, xs) for the dp4a matvecs."""
+        cp = self.cp
+        R, K = x.shape
+        ng = R * K // 32
+        xq = cp.empty(ng * 8, cp.int32)
+        xd = cp.empty(ng, cp.float32)
+        xs = cp.empty(2 * ng, cp.float32)
+        self._launch("matvec.hip", "quantize_act_q8", (self._grid1d(ng),), (256,), (x, xq, xd, xs, np.int64(ng)))
+        return xq, xd, xs
+
+    def _matvec(self, x, w: GpuWeight, bias=None, ids=None, x_div=1, n_cols=None):
+        """y (n_cols, N): plain mode x (T <= MATVEC_MAX_T, K); MoE mode one column per entry of ids."""
+        cp = self.cp
+        N, K = w.shape[-2], w.K
+        T = x.shape[0]
+        cols = T if ids is None else int(ids.size)
+        y = self._out((cols, N))
+        grid = ((N + MATVEC_ROWS - 1) // MATVEC_ROWS, 1 if ids is None else cols)
+        block = (self.warp, MATVEC_ROWS)
+        b = _null() if bias is None else bias
+        idp = _null() if ids is None else ids
+        if w.qtype in BLOCK_KERNELS:
+            xq, xd, xs = self._quantize_act(x)
+            expert_bytes = N * w.row_bytes
+            self._launch("matvec.hip", f"matvec_{BLOCK_KERNELS[w.qtype]}", grid, block,
+                         (w.data, np.int64(w.row_bytes), xq, xd, xs, y, b, np.int32(N), np.int32(K),
+                          np.int32(T), idp, np.int32(x_div), np.int64(expert_bytes)))
+        else:
+            self._launch("matvec.hip", f"matvec_{FLOAT_KERNELS[w.qtype][0]}", grid, block,
+                         (w.data, x, y, b, np.int32(N), np.int32(K), np.int32(T), idp, np.int32(x_div),
+                          np.int64(N * K)))
+        return y
+
+    def _gemm(self, x, w: GpuWeight, bias=None):
+        cp = self.cp
+        if w.qtype == "F32":
+            y = x @ w.typed(cp).reshape(-1, w.K).T
+        else:
+            w16 = w.typed(cp).reshape(-1, w.K) if w.qtype == "F16" else self.dequant(w, dtype="f16")
+            y = cp.matmul(x.astype(cp.float16), w16.T).astype(cp.float32)
+        if bias is not None:
+            y += bias
+        return y
+
+    # ------------------------------------------------------------ ops
+    def embedding(self, w, ids):
+        cp = self.cp
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not isinstance(w, GpuWeight):
+            return cp.ascontiguousarray(w[cp.asarray(ids)], dtype=cp.float32)
+        return self.dequant(w, rows=cp.asarray(ids), dtype="f32")
+
+    def linear(self, x, w, bias=None):
+        cp = self.cp
+        x = self._f32(x)
+        if not isinstance(w, GpuWeight):
+            y = x @ self._f32(w).T
+            return y + bias if bias is not None else y
+        if x.shape[1] != w.K or len(w.shape) != 2:
+            raise RocmforgeError(f"linear: x {x.shape} does not match weight {w.shape}")
+        if x.shape[0] <= MATVEC_MAX_T:
+            return self._matvec(x, w, bias)
+        return self._gemm(x, w, bias)
+
+    def rms_norm(self, x, w, eps):
+        x = self._f32(x)
+        D = x.shape[-1]
+        y = self._out(x.shape)
+        self._launch("norms.hip", "rms_norm_f32", (x.size // D,), (256,),
+                     (x, _null() if w is None else self._f32(w), y, np.int32(D), np.float32(eps)))
+        return y
+
+    def layer_norm(self, x, w, b, eps):
+        x = self._f32(x)
+        D = x.shape[-1]
+        y = self._out(x.shape)
+        self._launch("norms.hip", "layer_norm_f32", (x.size // D,), (256,),
+                     (x, _null() if w is None else self._f32(w), _null() if b is None else self._f32(b), y,
+                      np.int32(D), np.float32(eps)))
+        return y
+
+    def rope(self, x, positions, inv_freq, style, rot_dim, mscale=1.0):
+        cp = self.cp
+        if style not in ("normal", "neox"):
+            raise ValueError(f"unknown rope style {style!r}")
+        x = self._f32(x)
+        T, H, D = x.shape
+        pos = cp.asarray(np.asarray(positions, np.int64))
+        key = ("inv_freq", np.asarray(inv_freq, np.float32).tobytes())
+        f = self._small.get(key)
+        if f is None:
+            f = self._small[key] = cp.asarray(np.asarray(inv_freq, np.float32))
+        y = self._out(x.shape)
+        n = x.size
+        self._launch("rope.hip", "rope_f32", (self._grid1d(n),), (256,),
+                     (x, y, pos, f, np.int32(T), np.int32(H), np.int32(D), np.int32(rot_dim),
+                      np.int32(style == "neox"), np.float32(mscale)))
+        return y
+
+    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens):
+        try:
+            return GpuKVCache(self.cp, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens)
+        except self.cp.cuda.memory.OutOfMemoryError as exc:
+            raise DeviceError(f"out of GPU memory for a KV cache of {max_tokens} tokens ({exc}); "
+                              "ask for a shorter context") from None
+
+    def _att_defines(self, H, Hkv, Dk, Dv):
+        gtot = H // Hkv
+        g = max(d for d in range(1, min(gtot, 8) + 1) if gtot % d == 0)
+        nek = -(-Dk // self.warp)
+        nev = -(-Dv // self.warp)
+        return g, (("ATT_G", g), ("ATT_NEK", nek), ("ATT_NEV", nev))
+
+    def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0):
+        cp = self.cp
+        q, k, v = self._f32(q), self._f32(k), self._f32(v)
+        T, H, Dk = q.shape
+        Hkv, Dv = k.shape[1], v.shape[2]
+        end = pos0 + T
+        if end > cache.max_tokens:
+            raise RocmforgeError(f"sequence of {end} tokens exceeds the context of {cache.max_tokens}")
+        if H % Hkv:
+            raise RocmforgeError(f"attention: {H} query heads do not group over {Hkv} kv heads")
+        kc, vc = cache.k[layer], cache.v[layer]
+        nk, nv = k.size, v.size
+        self._launch("attention.hip", "kv_store", (self._grid1d(max(nk, nv)),), (256,),
+                     (k, v, kc, vc, np.int64(nk), np.int64(nv), np.int64(pos0 * Hkv * Dk), np.int64(pos0 * Hkv * Dv)))
+        cache.length[layer] = end
+        g, defs = self._att_defines(H, Hkv, Dk, Dv)
+        hblocks = Hkv * ((H // Hkv) // g)
+        out = self._out((T, H, Dv))
+        common = (np.int32(T), np.int32(H), np.int32(Hkv), np.int32(Dk), np.int32(Dv), np.int32(pos0),
+                  np.int32(window or 0), np.float32(scale), np.float32(softcap or 0.0))
+        if T <= DECODE_MAX_T:
+            n_vis = end if not window else min(end, window)
+            nsplit = max(1, min(-(-2 * self.n_sm // (hblocks * T)), -(-n_vis // 64), 64))
+            if nsplit > 1:
+                pa = self._out((nsplit, T, H, Dv))
+                pm = self._out((nsplit, T, H, 2))
+            else:
+                pa = pm = _null()
+            self._launch("attention.hip", "attn_decode", (hblocks, T, nsplit), (4 * self.warp,),
+                         (q, kc, vc, out, pa, pm) + common + (np.int32(nsplit),), defs)
+            if nsplit > 1:
+                self._launch("attention.hip", "attn_combine", (T * H,), (min(256, max(self.warp, Dv)),),
+                             (pa, pm, out, np.int32(T), np.int32(H), np.int32(Dv), np.int32(nsplit)), defs)
+        else:
+            self._launch("attention.hip", "attn_prefill", (hblocks, -(-T // 8)), (8 * self.warp,),
+                         (q, kc, vc, out) + common, defs)
+        return out
+
+    # ------------------------------------------------------------ elementwise
+    def act(self, x, kind):
+        if kind not in ACT_KINDS:
+            raise ValueError(f"unknown activation {kind!r}")
+        x = self._f32(x)
+        y = self._out(x.shape)
+        self._launch("elementwise.hip", "act_f32", (self._grid1d(x.size),), (256,),
+                     (x, y, np.int64(x.size), np.int32(ACT_KINDS[kind])))
+        return y
+
+    def act_mul(self, g, u, kind):
+        """act(g) * u in one pass (gated FFNs)."""
+        g, u = self._f32(g), self._f32(u)
+        y = self._out(g.shape)
+        self._launch("elementwise.hip", "act_mul_f32", (self._grid1d(g.size),), (256,),
+                     (g, u, y, np.int64(g.size), np.int32(ACT_KINDS[kind])))
+        return y
+
+    def _binary(self, a, b, op):
+        cp = self.cp
+        a, b = self._f32(a), self._f32(b)
+        if a.shape == b.shape:
+            mode, nb = 0, b.size
+        elif b.ndim <= a.ndim and a.shape[a.ndim - b.ndim:] == b.shape:
+            mode, nb = 1, b.size
+        elif a.ndim == 2 and b.shape == (a.shape[0], 1):
+            mode, nb = 2, a.shape[1]
+        else:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+            a = cp.ascontiguousarray(cp.broadcast_to(a, shape))
+            b = cp.ascontiguousarray(cp.broadcast_to(b, shape))
+            mode, nb = 0, b.size
+        y = self._out(a.shape)
+        self._launch("elementwise.hip", "binary_f32", (self._grid1d(a.size),), (256,),
+                     (a, b, y, np.int64(a.size), np.int32(op), np.int32(mode), np.int64(nb)))
+        return y
+
+    def mul(self, a, b):
+        return self._binary(a, b, 1)
+
+    def add(self, a, b):
+        return self._binary(a, b, 0)
+
+    def scale(self, a, s):
+        a = self._f32(a)
+        y = self._out(a.shape)
+        self._launch("elementwise.hip", "scale_f32", (self._grid1d(a.size),), (256,),
+                     (a, y, np.int64(a.size), np.float32(s)))
+        return y
+
+    def softcap(self, a, cap):
+        a = self._f32(a)
+        y = self._out(a.shape)
+        self._launch("elementwise.hip", "softcap_f32", (self._grid1d(a.size),), (256,),
+                     (a, y, np.int64(a.size), np.float32(cap)))
+        return y
+
+    def argmax(self, x) -> np.ndarray:
+        """Row-wise argmax of (T, V) logits on the GPU (greedy sampling); int64 on the host."""
+        x = self._f32(x)
+        x2 = x.reshape(-1, x.shape[-1])
+        out = self._out((x2.shape[0],), self.cp.int32)
+        self._launch("sampling.hip", "argmax_f32", (x2.shape[0],), (256,),
+                     (x2, out, np.int32(x2.shape[1])))
+        return self.cp.asnumpy(out).astype(np.int64)
+
+    # ------------------------------------------------------------ mixture of experts
+    def moe_route(self, logits, k, gating, norm_topk):
+        cp = self.cp
+        if gating not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown gating {gating!r}")
+        logits = self._f32(logits)
+        T, E = logits.shape
+        probs = cp.empty((T, E), cp.float32)
+        w = self._out((T, k))
+        ids = self._out((T, k), cp.int32)
+        self._launch("moe.hip", "moe_route", (T,), (self.warp,),
+                     (logits, probs, w, ids, np.int32(E), np.int32(k), np.int32(gating == "sigmoid"),
+                      np.int32(bool(norm_topk))))
+        return cp.asnumpy(w), cp.asnumpy(ids).astype(np.int64)
+
+    def moe_ffn(self, x, gate, up, down, weights, ids, act):
+        cp = self.cp
+        x = self._f32(x)
+        T = x.shape[0]
+        ids = np.asarray(ids)
+        k = ids.shape[1]
+        d_out = down.shape[-2]
+        if T * k <= 64 and all(isinstance(w, GpuWeight) for w in (gate, up, down)):
+            idg = cp.asarray(ids.reshape(-1).astype(np.int32))
+            g = self._matvec(x, gate, ids=idg, x_div=k)
+            u = self._matvec(x, up, ids=idg, x_div=k)
+            h = self.act_mul(g, u, act)                                 # (T*k, ff)
+            y = self._matvec(h, down, ids=idg, x_div=1)                 # (T*k, d)
+            out = self._out((T, d_out))
+            wts = cp.asarray(np.asarray(weights, np.float32).reshape(-1))
+            self._launch("moe.hip", "moe_combine", (self._grid1d(T * d_out),), (256,),
+                         (y, wts, out, np.int32(T), np.int32(k), np.int32(d_out)))
+            return out
+        # many tokens: group the rows of each expert and use the dense path
+        out = cp.zeros((T, d_out), cp.float32)
+        for e in np.unique(ids):
+            rows, slot = np.nonzero(ids == e)
+            xe = x[cp.asarray(rows)]
+            ge, ue, de = (w.expert(int(e)) if isinstance(w, GpuWeight) else w[int(e)] for w in (gate, up, down))
+            h = self.act_mul(self.linear(xe, ge), self.linear(xe, ue), act)
+            ye = self.linear(h, de)
+            wr = cp.asarray(np.asarray(weights, np.float32)[rows, slot])[:, None]
+            out[cp.asarray(rows)] += wr * ye
+        return out

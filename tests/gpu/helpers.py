@@ -1,0 +1,24 @@
+"""Shared helpers of the GPU tests: backends, NMSE, random inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def nmse(got, ref) -> float:
+    got = np.asarray(got, np.float64)
+    ref = np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert np.isfinite(got).all(), f"{(~np.isfinite(got)).sum()} non-finite values (unwritten or NaN)"
+    den = float((ref * ref).sum())
+    return float(((got - ref) ** 2).sum()) / max(den, 1e-30)
+
+
+def check(got, ref, tol, what=""):
+    e = nmse(got, ref)
+    assert e <= tol, f"{what}: NMSE {e:.3g} > {tol:g}"
+    return e
+
+
+def rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
