@@ -145,6 +145,7 @@ class Tokenizer:
         backend: Any,
         *,
         bos_id: int | None = None,
+        eos_id: int | None = None,
         eos_ids: Iterable[int] = (),
         chat_template: str | None = None,
         vocab_size: int | None = None,
@@ -153,7 +154,8 @@ class Tokenizer:
     ):
         self._tok = backend
         self.bos_id = bos_id
-        self.eos_ids: set[int] = set(eos_ids)
+        self.eos_ids: set[int] = set(eos_ids) | ({eos_id} if eos_id is not None else set())
+        self._eos_id = eos_id if eos_id is not None else (min(self.eos_ids) if self.eos_ids else None)
         self.chat_template = chat_template
         self.vocab_size = (
             vocab_size if vocab_size is not None else backend.get_vocab_size(with_added_tokens=True)
@@ -175,7 +177,7 @@ class Tokenizer:
     @property
     def eos_id(self) -> int | None:
         """The model's main end-of-sequence id (the one its template uses as ``eos_token``)."""
-        return self._eos_id if hasattr(self, "_eos_id") else (min(self.eos_ids) if self.eos_ids else None)
+        return self._eos_id
 
     @property
     def eos_token(self) -> str | None:
@@ -184,12 +186,23 @@ class Tokenizer:
     def encode(self, text: str, add_special: bool = True, *, parse_special: bool = True) -> list[int]:
         """Token ids for ``text``.
 
-        ``add_special`` adds what the model declares (BOS, rarely EOS).
+        ``add_special`` adds what the model declares (BOS, rarely EOS); a
+        text that already starts with the BOS token (a chat prompt rendered
+        with ``{{ bos_token }}``) does not get a second one.
         ``parse_special``: special-token text such as ``<|im_end|>`` in
         ``text`` becomes its single id (as llama.cpp and transformers do);
         set False to tokenize untrusted text literally."""
         if parse_special:
-            return self._tok.encode(text, add_special_tokens=add_special).ids
+            ids = self._tok.encode(text, add_special_tokens=add_special).ids
+            bos = self.bos_id
+            if (
+                add_special
+                and bos is not None
+                and ids[:2] == [bos, bos]
+                and text.startswith(self.bos_token or "\0")
+            ):
+                del ids[0]
+            return ids
         with self._lock:
             self._tok.encode_special_tokens = True
             try:
@@ -254,13 +267,11 @@ class Tokenizer:
     ) -> list[int]:
         """Token ids of the rendered chat, with BOS exactly once.
 
-        Templates that write ``bos_token`` themselves (Gemma, Llama 3) would
-        get a second one from ``encode``; templates that don't (ChatML) rely
-        on ``encode`` adding it when the model wants one."""
+        Templates that write ``bos_token`` themselves (Gemma, Llama 3) keep
+        theirs; for templates that don't (ChatML) ``encode`` adds it when the
+        model wants one."""
         text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **kwargs)
-        bos = self.bos_token
-        add = not (bos and text.startswith(bos))
-        return self.encode(text, add_special=add)
+        return self.encode(text)
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -322,13 +333,13 @@ class Tokenizer:
         tok = cls(
             backend,
             bos_id=bos_id,
+            eos_id=eos_id,
             eos_ids=eos_ids,
             chat_template=metadata.get("tokenizer.chat_template"),
             vocab_size=len(tokens),
             id_to_token_fallback=tokens,
             source=source,
         )
-        tok._eos_id = eos_id
         return tok
 
     @classmethod
@@ -392,12 +403,11 @@ class Tokenizer:
         tok = cls(
             backend,
             bos_id=bos_id,
+            eos_id=eos_id,
             eos_ids=eos_ids,
             chat_template=_hf_chat_template(folder, config),
             source=str(folder),
         )
-        if eos_id is not None:
-            tok._eos_id = eos_id
         return tok
 
     def __repr__(self) -> str:

@@ -445,3 +445,10 @@ def test_stream_decoder_bounded_on_invalid_bytes(gemma):
     pieces = [dec.put(i) for i in ids]
     assert any(pieces[: StreamDecoder.MAX_PENDING + 1])  # gave up waiting for the character to complete
     assert "".join(pieces) + dec.flush() == gemma.decode(ids)
+
+
+@GEMMA
+def test_no_double_bos_when_text_starts_with_bos(gemma):
+    assert gemma.encode("<bos>Hi") == gemma.encode("Hi")
+    assert gemma.encode("<bos>Hi", add_special=False) == gemma.encode("Hi")
+    assert gemma.encode("x<bos>Hi")[:2] == [2, gemma.encode("x", add_special=False)[0]]
