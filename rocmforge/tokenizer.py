@@ -330,7 +330,7 @@ class Tokenizer:
             if i is not None and i < len(types) and types[i] == _CONTROL:
                 eos_ids.add(i)
 
-        tok = cls(
+        return cls(
             backend,
             bos_id=bos_id,
             eos_id=eos_id,
@@ -340,7 +340,6 @@ class Tokenizer:
             id_to_token_fallback=tokens,
             source=source,
         )
-        return tok
 
     @classmethod
     def from_hf_folder(cls, path: str | os.PathLike) -> Tokenizer:
@@ -400,7 +399,7 @@ class Tokenizer:
             if i is not None and i in specials and specials[i].special:
                 eos_ids.add(i)
 
-        tok = cls(
+        return cls(
             backend,
             bos_id=bos_id,
             eos_id=eos_id,
@@ -408,7 +407,6 @@ class Tokenizer:
             chat_template=_hf_chat_template(folder, config),
             source=str(folder),
         )
-        return tok
 
     def __repr__(self) -> str:
         return (
