@@ -48,8 +48,10 @@ def logits_to_probs(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
     """Probabilities after temperature, top-k, top-p and min-p (zeros for removed tokens)."""
     z = logits.astype(np.float64) / p.temperature
     if p.top_k and p.top_k < z.size:
-        kth = np.partition(z, -p.top_k)[-p.top_k]
-        z = np.where(z < kth, -np.inf, z)
+        keep = np.argpartition(-z, p.top_k - 1)[: p.top_k]   # exactly k, even when logits tie
+        masked = np.full_like(z, -np.inf)
+        masked[keep] = z[keep]
+        z = masked
     probs = np.exp(z - z.max())
     probs /= probs.sum()
     if p.top_p < 1.0:
