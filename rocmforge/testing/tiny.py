@@ -27,11 +27,13 @@ def make_hf_model(hf_class: str, config: dict[str, Any], folder: str | Path, see
     cfg.architectures = [hf_class]
     torch.manual_seed(seed)
     model = getattr(transformers, hf_class)(cfg).eval()
-    # Random init is small and near-symmetric; widen norms so every op matters.
+    # Random init is small and near-symmetric; widen norms so every op matters. Widen around
+    # the init value: 1 for most models, 0 where the norm computes (1 + w) (Gemma), so the
+    # effective scale stays near 1 either way.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name and p.dim() == 1:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                p.copy_(p + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.05 * torch.randn_like(p))
     model = model.to(getattr(torch, dtype))
