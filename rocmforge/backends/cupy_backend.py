@@ -485,6 +485,9 @@ class CupyBackend(Backend):
                      (a, y, np.int64(a.size), np.float32(cap)))
         return y
 
+    def concat(self, parts):
+        return self.cp.concatenate([self._f32(p) for p in parts], axis=0)
+
     def argmax(self, x) -> np.ndarray:
         """Row-wise argmax of (T, V) logits on the GPU (greedy sampling); int64 on the host."""
         x = self._f32(x)
