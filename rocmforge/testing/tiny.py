@@ -52,17 +52,34 @@ def hf_logits(folder: str | Path, ids: list[int]) -> np.ndarray:
     return out.logits[0].float().numpy()
 
 
+def _tensor_qtype(canon: str, arr: np.ndarray, qtype: str, head: str) -> str:
+    """The type llama.cpp's quantizer would give this tensor in a ``qtype`` model.
+
+    Vectors (norms, biases) and MoE routers stay F32; the output matrix (the
+    token embedding when the head is tied) gets Q6_K in low-bit models, or
+    Q8_0 where its rows do not fit Q6_K's 256-element blocks."""
+    from ..quant import get_format
+
+    if qtype == "F32" or arr.ndim < 2 or ".ffn_gate_inp" in canon:
+        return "F32"
+    if qtype in ("F16", "BF16"):
+        return qtype
+    if canon == head and qtype not in ("Q8_0", "Q6_K"):
+        qtype = "Q6_K" if arr.shape[-1] % get_format("Q6_K").block_size == 0 else "Q8_0"
+    return qtype if arr.shape[-1] % get_format(qtype).block_size == 0 else "F32"
+
+
 def hf_to_gguf(folder: str | Path, out_path: str | Path, qtype: str = "F32") -> Path:
     """Write the HF checkpoint in ``folder`` as a GGUF file, through rocmforge's map and recipe.
 
-    ``qtype`` (F32, F16, Q8_0, Q4_0, ...) is applied to 2-D weights whose rows
-    fit the block size; norms and biases stay F32, as llama.cpp does."""
+    ``qtype`` (F32, F16, Q8_0, Q4_0, ...) is applied per tensor as llama.cpp's
+    quantizer does (see _tensor_qtype)."""
     import gguf
 
     from ..detect import detect
     from ..hparams import resolve_hparams
     from ..loaders.hf import read_hf_folder
-    from ..quant import get_format, quantize
+    from ..quant import quantize
     from ..tensor_map import check_complete, map_tensors, materialize
 
     loaded = read_hf_folder(str(folder))
@@ -88,18 +105,18 @@ def hf_to_gguf(folder: str | Path, out_path: str | Path, qtype: str = "F32") -> 
             w.add_string(key, val)
         elif isinstance(val, list):
             w.add_array(key, val)
-    fmt = get_format(qtype)
+    head = "output" if "output" in mapped else "token_embd"
     for canon, t in sorted(mapped.items()):
         arr = materialize(t, hp).dequantize().astype(np.float32)
         name = canon if canon.endswith(".bias") else canon + ".weight"
-        if qtype != "F32" and arr.ndim >= 2 and arr.shape[-1] % fmt.block_size == 0:
-            if qtype == "F16":
-                w.add_tensor(name, arr.astype(np.float16))
-            else:
-                raw = quantize(arr, qtype)
-                w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType[qtype])
-        else:
+        tq = _tensor_qtype(canon, arr, qtype, head)
+        if tq == "F32":
             w.add_tensor(name, arr)
+        elif tq == "F16":
+            w.add_tensor(name, arr.astype(np.float16))
+        else:
+            raw = quantize(arr, tq)
+            w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=gguf.GGMLQuantizationType[tq])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
