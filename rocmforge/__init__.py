@@ -18,7 +18,7 @@ __all__ = ["__version__", "load_model", "list_architectures", "quant", "Rocmforg
 from .errors import RocmforgeError  # noqa: E402  (light: no third-party imports)
 
 
-def load_model(path: str, device: str = "cpu", **kwargs: Any) -> "Model":
+def load_model(path: str, device: str = "cpu", **kwargs: Any) -> Model:
     """Load a GGUF file or a Hugging Face folder; the architecture is detected from metadata."""
     from .model import load_model as _load
 

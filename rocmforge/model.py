@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 class Session:
     """One sequence's KV cache: feed tokens, get the logits of the last one."""
 
-    def __init__(self, model: "Model", max_tokens: int):
+    def __init__(self, model: Model, max_tokens: int):
         self.model = model
         self.cache = model.executor.new_cache(max_tokens)
         self.n_past = 0
@@ -39,7 +40,7 @@ class Session:
         return logits if all_logits else logits[-1]
 
     @staticmethod
-    def feed_batch(sessions: list["Session"], seqs: list[list[int]], all_logits: bool = False) -> list[np.ndarray]:
+    def feed_batch(sessions: list[Session], seqs: list[list[int]], all_logits: bool = False) -> list[np.ndarray]:
         """Feed each session its tokens in one batched forward (decode steps of many requests)."""
         model = sessions[0].model
         out = model.executor.forward_batch([(ids, s.cache, s.n_past) for s, ids in zip(sessions, seqs)])
@@ -88,7 +89,7 @@ class Model:
             self._materialized[name] = materialize(t, self.hparams)
         return self._materialized[name]
 
-    def prepare(self, progress: bool = False) -> "Model":
+    def prepare(self, progress: bool = False) -> Model:
         """Prepare every weight for the backend now (dequantise/upload), with a progress bar if asked."""
         from tqdm.auto import tqdm
 

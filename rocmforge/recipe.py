@@ -9,7 +9,8 @@ such as Gemma's sqrt(d) embedding scale stay in YAML.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class Segment:
 class Context:
     """What an op sees: activations, the layer's tensors, hparams, positions and the KV cache."""
 
-    def __init__(self, executor: "Executor", ids: np.ndarray, segments: list["Segment"]):
+    def __init__(self, executor: Executor, ids: np.ndarray, segments: list[Segment]):
         self.executor = executor
         self.backend = executor.backend
         self.hp = executor.hparams

@@ -112,5 +112,5 @@ class Backend(ABC):
 
         return contextlib.nullcontext()
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - optional hook, a no-op on the CPU
         """Wait for queued work (a no-op on the CPU)."""

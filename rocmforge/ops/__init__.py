@@ -7,7 +7,7 @@ Built-in ops are listed here; plugins add more through ``register_ops``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from . import attention, core, ffn, moe
 

@@ -14,9 +14,9 @@ Run it with ``rocmforge conformance ARCH`` or from pytest through
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -106,7 +106,7 @@ def _checks() -> list[tuple[str, Callable[[_Tiny], str]]]:
         from ..tensor_map import check_complete, map_tensors
 
         spec = get(t.arch)
-        for form, path in (("hf", t.hf_dir()), ("gguf", t.gguf())):
+        for path in (t.hf_dir(), t.gguf()):
             loaded = open_model_file(str(path))
             mapped = map_tensors(spec.map_obj, loaded.format, loaded.tensors, str(path))
             check_complete(spec.map_obj, mapped, t.model("hf").hparams["n_layer"], str(path))
