@@ -116,8 +116,9 @@ class NumpyBackend(Backend):
         keys, vals = cache.k[layer][:n_kv], cache.v[layer][:n_kv]   # (S, Hkv, D)
         T, H, D = q.shape
         Hkv = keys.shape[1]
-        qg = q.reshape(T, Hkv, H // Hkv, D)                         # query heads grouped by kv head
-        scores = np.einsum("tkgd,skd->kgts", qg, keys) * scale      # (Hkv, G, T, S)
+        G = H // Hkv
+        qg = q.reshape(T, Hkv, G, D).transpose(1, 2, 0, 3)            # (Hkv, G, T, D): query heads grouped by kv head
+        scores = (qg @ keys.transpose(1, 2, 0)[:, None]) * np.float32(scale)   # (Hkv, G, T, S)
         if softcap:
             scores = softcap * np.tanh(scores / softcap)
         qpos = np.arange(pos0, pos0 + T)[:, None]
@@ -129,7 +130,7 @@ class NumpyBackend(Backend):
         scores -= scores.max(axis=-1, keepdims=True)
         p = np.exp(scores)
         p /= p.sum(axis=-1, keepdims=True)
-        out = np.einsum("kgts,skd->tkgd", p, vals)                  # (T, Hkv, G, Dv)
+        out = (p @ vals.transpose(1, 0, 2)[:, None]).transpose(2, 0, 1, 3)   # (T, Hkv, G, Dv)
         return np.ascontiguousarray(out.reshape(T, H, vals.shape[-1]), dtype=np.float32)
 
     def act(self, x, kind):
