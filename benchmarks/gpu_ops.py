@@ -25,17 +25,50 @@ FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K
            "IQ4_NL", "IQ4_XS", "MXFP4", "F16", "BF16", "F32"]
 
 
-def timeit(cp, fn, iters=50, warmup=5):
-    for _ in range(warmup):
-        fn()
+def _graph(cp, fn):
+    """Capture fn() into a CUDA/HIP graph on a private stream; None when capture is not possible."""
+    s = cp.cuda.Stream(non_blocking=True)
+    try:
+        with s:
+            fn()
+            fn()
+            s.synchronize()
+            s.begin_capture()
+            try:
+                fn()
+            finally:
+                g = s.end_capture()
+        g.launch(stream=s)
+        s.synchronize()
+        return g, s
+    except Exception as exc:  # noqa: BLE001 - report and fall back to eager timing
+        print(f"  (graph capture failed: {type(exc).__name__}: {exc})", flush=True)
+        return None
+
+
+def timeit(cp, fn, reps=20, iters=5, graph=True):
+    """Seconds per call: median over `iters` samples of `reps` back-to-back calls.
+
+    graph=True replays a captured graph (GPU time without Python launch cost);
+    graph=False launches eagerly (what a Python loop pays)."""
+    fn()
+    stream = cp.cuda.get_current_stream()
+    run = fn
+    if graph:
+        got = _graph(cp, fn)
+        if got is None:
+            return float("nan")
+        g, stream = got
+        run = lambda: g.launch(stream=stream)  # noqa: E731
     start, end = cp.cuda.Event(), cp.cuda.Event()
     times = []
     for _ in range(iters):
-        start.record()
-        fn()
-        end.record()
+        start.record(stream)
+        for _ in range(reps):
+            run()
+        end.record(stream)
         end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
+        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3 / reps)
     return float(np.median(times))
 
 
@@ -50,9 +83,11 @@ def bench_matvec(be, cp, formats, shapes):
             raw = random_blocks(q, (N, K), 1)
             w = be.weight_from_array(q, (N, K), raw)
             t = timeit(cp, lambda: be.linear(x, w))
+            te = timeit(cp, lambda: be.linear(x, w), graph=False)
             b = nbytes(q, (N, K))
-            rows.append({"format": q, "N": N, "K": K, "us": t * 1e6, "GBps": b / t / 1e9})
-            print(f"matvec {q:7s} {N:6d}x{K:<6d} {t * 1e6:8.1f} us {b / t / 1e9:8.1f} GB/s", flush=True)
+            rows.append({"format": q, "N": N, "K": K, "us": t * 1e6, "GBps": b / t / 1e9, "eager_us": te * 1e6})
+            print(f"matvec {q:7s} {N:6d}x{K:<6d} {t * 1e6:8.1f} us {b / t / 1e9:8.1f} GB/s  "
+                  f"(eager {te * 1e6:6.1f} us)", flush=True)
             del w
         # reference points: fp16 cuBLAS gemv and a device copy of the same bytes
         w16 = cp.asarray(np.random.default_rng(2).standard_normal((N, K)).astype(np.float16))
@@ -62,7 +97,7 @@ def bench_matvec(be, cp, formats, shapes):
         print(f"matvec cuBLAS f16 {N}x{K} {t * 1e6:8.1f} us {N * K * 2 / t / 1e9:8.1f} GB/s", flush=True)
     a = cp.empty(1 << 30, cp.uint8)
     b = cp.empty_like(a)
-    t = timeit(cp, lambda: cp.copyto(b, a), iters=10)
+    t = timeit(cp, lambda: cp.copyto(b, a), reps=5, graph=False)
     rows.append({"format": "copy", "N": 0, "K": 0, "us": t * 1e6, "GBps": 2 * a.size / t / 1e9})
     print(f"device copy 1 GiB: {2 * a.size / t / 1e9:.0f} GB/s (read+write)", flush=True)
     return rows
@@ -85,7 +120,7 @@ def bench_decode(be, cp, n_layer=32, ctx=512, wq="Q4_K", hq="Q6_K"):
     cache.v[...] = 0.01
     inv = (1.0 / (10000.0 ** (np.arange(0, D, 2) / D))).astype(np.float32)
     x0 = be.upload(rng.standard_normal((1, d)).astype(np.float32))
-    pos = np.array([ctx], np.int64)
+    pos = be.upload(np.array([ctx], np.int64))     # static device buffer: the step can be captured
 
     def step():
         x = x0
@@ -100,13 +135,15 @@ def bench_decode(be, cp, n_layer=32, ctx=512, wq="Q4_K", hq="Q6_K"):
             x = be.add(x, be.linear(be.act_mul(be.linear(h, L["gate"]), be.linear(h, L["up"]), "silu"), L["down"]))
         return be.linear(be.rms_norm(x, norm, 1e-5), head)
 
-    t = timeit(cp, step, iters=10, warmup=2)
+    t = timeit(cp, step, reps=5, iters=3)
+    te = timeit(cp, step, reps=5, iters=3, graph=False)
     wbytes = n_layer * sum(nbytes(wq, s) for s in shapes.values()) + nbytes(hq, (V, d))
     kvbytes = n_layer * 2 * ctx * Hkv * D * 2
-    out = {"n_layer": n_layer, "ctx": ctx, "ms": t * 1e3, "tok_s": 1 / t,
+    out = {"n_layer": n_layer, "ctx": ctx, "ms": t * 1e3, "tok_s": 1 / t, "eager_ms": te * 1e3,
            "weight_GB": wbytes / 1e9, "GBps": (wbytes + kvbytes) / t / 1e9}
-    print(f"decode step 7B {wq} ({n_layer} layers, ctx {ctx}): {t * 1e3:.2f} ms = {1 / t:.1f} tok/s, "
-          f"{(wbytes + kvbytes) / t / 1e9:.0f} GB/s effective", flush=True)
+    print(f"decode step 7B {wq} ({n_layer} layers, ctx {ctx}): graph {t * 1e3:.2f} ms = {1 / t:.1f} tok/s, "
+          f"{(wbytes + kvbytes) / t / 1e9:.0f} GB/s effective; eager {te * 1e3:.2f} ms = {1 / te:.1f} tok/s",
+          flush=True)
     return out
 
 

@@ -19,9 +19,15 @@ struct RfGroup {
     float m[2];
 };
 
-__constant__ signed char rf_kv_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                            1, 13, 25, 38, 53, 69, 89, 113};
-__constant__ signed char rf_kv_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+// 16-entry int8 value tables as four little-endian words each: looked up with
+// selects and shifts, so lanes with different nibbles never serialise on a memory table.
+#define RF_KV_IQ4NL 0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u  /* -127 -104 -83 -65 | -49 -35 -22 -10 | 1 13 25 38 | 53 69 89 113 */
+#define RF_KV_MXFP4 0x03020100u, 0x0c080604u, 0xfdfeff00u, 0xf4f8fafcu  /* 0 1 2 3 | 4 6 8 12 | 0 -1 -2 -3 | -4 -6 -8 -12 */
+
+RF_DEV int rf_tab16(rf_u32 t0, rf_u32 t1, rf_u32 t2, rf_u32 t3, rf_u32 n) {
+    const rf_u32 w = (n & 8) ? ((n & 4) ? t3 : t2) : ((n & 4) ? t1 : t0);
+    return (int)(signed char)((w >> (8 * (n & 3))) & 0xff);
+}
 
 // bytes of x (each in 0..127) minus c (0..127), per byte, as int8 (no borrow between bytes)
 RF_DEV int rf_sub_bytes(rf_u32 x, rf_u32 c) {
@@ -94,8 +100,10 @@ RF_DEV void rf_group_q8_0(const rf_u8* row, rf_i64 g, RfGroup& G) {
     for (int k = 0; k < 8; ++k) G.q[k] = (int)rf_ld_u32_a2(b + 2 + 4 * k);
 }
 
-RF_DEV int rf_lut4(const signed char* t, rf_u32 w) {   // 4 nibbles (bytes' low 4 bits) through a table
-    return rf_pack4(t[w & 15], t[(w >> 8) & 15], t[(w >> 16) & 15], t[(w >> 24) & 15]);
+// 4 nibbles (the low 4 bits of each byte of w) through a 16-entry table
+RF_DEV int rf_lut4(rf_u32 t0, rf_u32 t1, rf_u32 t2, rf_u32 t3, rf_u32 w) {
+    return rf_pack4(rf_tab16(t0, t1, t2, t3, w & 15), rf_tab16(t0, t1, t2, t3, (w >> 8) & 15),
+                    rf_tab16(t0, t1, t2, t3, (w >> 16) & 15), rf_tab16(t0, t1, t2, t3, (w >> 24) & 15));
 }
 
 // IQ4_NL: {f16 d; u8 qs[16]} 18 B: w = d * kvalues[nibble]
@@ -105,8 +113,8 @@ RF_DEV void rf_group_iq4_nl(const rf_u8* row, rf_i64 g, RfGroup& G) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         rf_u32 w = rf_ld_u32_a2(b + 2 + 4 * k);
-        G.q[k] = rf_lut4(rf_kv_iq4nl, w);
-        G.q[k + 4] = rf_lut4(rf_kv_iq4nl, w >> 4);
+        G.q[k] = rf_lut4(RF_KV_IQ4NL, w);
+        G.q[k + 4] = rf_lut4(RF_KV_IQ4NL, w >> 4);
     }
 }
 
@@ -119,8 +127,8 @@ RF_DEV void rf_group_mxfp4(const rf_u8* row, rf_i64 g, RfGroup& G) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         rf_u32 w = rf_ld_u32(b + 1 + 4 * k);
-        G.q[k] = rf_lut4(rf_kv_mxfp4, w);
-        G.q[k + 4] = rf_lut4(rf_kv_mxfp4, w >> 4);
+        G.q[k] = rf_lut4(RF_KV_MXFP4, w);
+        G.q[k + 4] = rf_lut4(RF_KV_MXFP4, w >> 4);
     }
 }
 
@@ -246,8 +254,8 @@ RF_DEV void rf_group_iq4_xs(const rf_u8* row, rf_i64 g, RfGroup& G) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         rf_u32 w = qs[k];
-        G.q[k] = rf_lut4(rf_kv_iq4nl, w);
-        G.q[k + 4] = rf_lut4(rf_kv_iq4nl, w >> 4);
+        G.q[k] = rf_lut4(RF_KV_IQ4NL, w);
+        G.q[k + 4] = rf_lut4(RF_KV_IQ4NL, w >> 4);
     }
 }
 

@@ -37,6 +37,9 @@ BLOCK_KERNELS: dict[str, str] = {
 # plain formats: kernel suffix and the dequant_plain "kind"
 FLOAT_KERNELS: dict[str, tuple[str, int]] = {"F32": ("f32", 0), "F16": ("f16", 1), "BF16": ("bf16", 2)}
 
+# formats whose values can pass the fp16 range (E8M0 scales up to 2^127): prefill GEMM in float32
+F32_GEMM = {"MXFP4"}
+
 MATVEC_MAX_T = 8          # must equal RF_MV_MAXT in kernels/matvec.hip
 MATVEC_ROWS = 4           # warps (rows) per matvec block
 DECODE_MAX_T = 4          # attention: decode kernel up to this many queries, tiled prefill beyond
@@ -314,6 +317,8 @@ class CupyBackend(Backend):
         cp = self.cp
         if w.qtype == "F32":
             y = x @ w.typed(cp).reshape(-1, w.K).T
+        elif w.qtype in F32_GEMM:
+            y = x @ self.dequant(w, dtype="f32").T
         else:
             w16 = w.typed(cp).reshape(-1, w.K) if w.qtype == "F16" else self.dequant(w, dtype="f16")
             y = cp.matmul(x.astype(cp.float16), w16.T).astype(cp.float32)
@@ -364,7 +369,8 @@ class CupyBackend(Backend):
             raise ValueError(f"unknown rope style {style!r}")
         x = self._f32(x)
         T, H, D = x.shape
-        pos = cp.asarray(np.asarray(positions, np.int64))
+        # positions may already live on the GPU (a static buffer of a captured decode step)
+        pos = positions if isinstance(positions, cp.ndarray) else cp.asarray(np.asarray(positions, np.int64))
         key = ("inv_freq", np.asarray(inv_freq, np.float32).tobytes())
         f = self._small.get(key)
         if f is None:

@@ -199,7 +199,8 @@ def test_moe_route(gb, nb, rng, gating, E, k):
 @pytest.mark.parametrize("qtype", ["F32", "Q4_0", "Q4_K"])
 @pytest.mark.parametrize("T", [1, 5, 30])
 def test_moe_ffn(gb, nb, rng, qtype, T):
-    E, k, d, ff = 6, 2, 64, 96
+    E, k = 6, 2
+    d, ff = (256, 512) if qtype.endswith("_K") else (64, 96)
     gate = _Raw("g", qtype, (E, ff, d), _raw(qtype, (E, ff, d), rng))
     up = _Raw("u", qtype, (E, ff, d), _raw(qtype, (E, ff, d), rng))
     down = _Raw("d", qtype, (E, d, ff), _raw(qtype, (E, d, ff), rng))
