@@ -27,8 +27,17 @@ def add_sampling_args(p) -> None:
 
 
 def sampling_kwargs(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repetition_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop)
+    """The sampling options as generate() keywords; out-of-range values are a RocmforgeError (exit 2)."""
+    from ..errors import RocmforgeError
+    from ..sampler import SamplingParams
+
+    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+              repetition_penalty=args.repeat_penalty, seed=args.seed)
+    try:
+        SamplingParams(**kw)
+    except ValueError as exc:
+        raise RocmforgeError(f"bad sampling option: {exc}") from None
+    return {**kw, "stop": args.stop}
 
 
 def load(args, tokenizer: bool = True):

@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    sampling = sampling_kwargs(args)   # bad options fail before the model is loaded
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     t0 = time.perf_counter()
     model = load(args)
@@ -33,7 +34,7 @@ def run(args) -> int:
         prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     t1 = time.perf_counter()
     pieces = []
-    for piece in model.generate(prompt, max_tokens=args.max_tokens, **sampling_kwargs(args)):
+    for piece in model.generate(prompt, max_tokens=args.max_tokens, **sampling):
         pieces.append(piece)
         if not args.json:
             sys.stdout.write(piece)
