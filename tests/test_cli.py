@@ -195,3 +195,25 @@ def test_conformance_unknown_check_exits_2(capsys):
 def test_conformance_needs_an_arch(capsys):
     rc, _, err = cli(capsys, "conformance")
     assert rc == 2 and "list-archs" in err
+
+
+def test_run_reads_the_prompt_from_stdin(capsys, monkeypatch):
+    import io
+
+    smollm2_path()
+    monkeypatch.setattr("sys.stdin", io.StringIO("The capital of France is"))
+    rc, out, _ = cli(capsys, "run", "smollm2", "-p", "-", "-n", "4", "--temperature", "0", "--json")
+    assert rc == 0
+    res = json.loads(out)
+    assert res["prompt"] == "The capital of France is" and "Paris" in res["text"]
+
+
+def test_chat_answers_piped_messages(capsys, monkeypatch):
+    import io
+
+    smollm2_path()
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is the capital of France?\n/reset\n\n/exit\nnever read\n"))
+    rc, out, _ = cli(capsys, "chat", "smollm2", "-n", "12", "--temperature", "0")
+    assert rc == 0
+    assert "Paris" in out
+    assert out.count("\n") == 1   # one reply; /reset and the empty line print nothing, /exit ends the chat
