@@ -15,7 +15,24 @@ if TYPE_CHECKING:
 
 __all__ = ["__version__", "load_model", "list_architectures", "quant", "RocmforgeError"]
 
-from .errors import RocmforgeError  # noqa: E402  (light: no third-party imports)
+from .errors import RocmforgeError  # light: no third-party imports
+
+
+def _find_source_folders() -> None:
+    # The wheel carries plugins/, architectures/, mappings/ and kernels/ inside this
+    # package (pyproject's package-dir). In a source checkout run with PYTHONPATH=.
+    # they sit beside it, so let the package path reach the checkout root too.
+    import os
+
+    here = os.path.dirname(__file__)
+    root = os.path.dirname(here)
+    if not os.path.isdir(os.path.join(here, "architectures")) and os.path.isfile(
+        os.path.join(root, "architectures", "llama.yaml")
+    ):
+        __path__.append(root)  # noqa: F821 - __path__ is defined for packages
+
+
+_find_source_folders()
 
 
 def load_model(path: str, device: str = "cpu", **kwargs: Any) -> Model:
