@@ -114,7 +114,7 @@ def test_batched_decode_steps_equal_single_sessions(model):
     singles = [model.new_session(32) for _ in prompts]
     Session.feed_batch(batch, prompts)
     last = [s.feed(p) for s, p in zip(singles, prompts)]
-    for step in range(4):
+    for _ in range(4):
         nxt = [[int(np.argmax(x))] for x in last]
         got = Session.feed_batch(batch, nxt)
         last = [s.feed(t) for s, t in zip(singles, nxt)]
