@@ -135,7 +135,7 @@ class NumpyBackend(Backend):
 
     def act(self, x, kind):
         if kind == "silu":
-            return x / (1.0 + np.exp(-x))
+            return x * (0.5 * (1.0 + np.tanh(0.5 * x)))   # x * sigmoid(x), no overflow for large |x|
         if kind == "gelu_tanh":
             return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
         if kind == "gelu":
