@@ -36,7 +36,7 @@ def test_user_facing_types_are_registered_with_gguf_sizes():
 
 def test_every_type_gguf_can_dequantize_is_registered():
     missing = []
-    for qtype, (block_size, type_size) in GGML_QUANT_SIZES.items():
+    for qtype, (_block_size, type_size) in GGML_QUANT_SIZES.items():
         try:
             with np.errstate(all="ignore"):
                 gguf.quants.dequantize(np.zeros((1, type_size), np.uint8), qtype)

@@ -17,7 +17,6 @@ preallocated for ``max_tokens``.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +99,7 @@ class GpuWeight:
         dt = {"F32": cp.float32, "F16": cp.float16}[self.qtype]
         return self.data.view(dt).reshape(self.shape)
 
-    def expert(self, e: int) -> "GpuWeight":
+    def expert(self, e: int) -> GpuWeight:
         """Expert ``e`` of an (E, rows, K) weight, as a 2-D weight (a view, no copy)."""
         per = int(np.prod(self.shape[1:-1], dtype=np.int64)) * self.row_bytes
         return GpuWeight(self.qtype, tuple(self.shape[1:]), self.data[e * per:(e + 1) * per], self.row_bytes)
@@ -292,7 +291,6 @@ class CupyBackend(Backend):
 
     def _matvec(self, x, w: GpuWeight, bias=None, ids=None, x_div=1, n_cols=None):
         """y (n_cols, N): plain mode x (T <= MATVEC_MAX_T, K); MoE mode one column per entry of ids."""
-        cp = self.cp
         N, K = w.shape[-2], w.K
         T = x.shape[0]
         cols = T if ids is None else int(ids.size)
@@ -335,7 +333,6 @@ class CupyBackend(Backend):
         return self.dequant(w, rows=cp.asarray(ids), dtype="f32")
 
     def linear(self, x, w, bias=None):
-        cp = self.cp
         x = self._f32(x)
         if not isinstance(w, GpuWeight):
             y = x @ self._f32(w).T
@@ -397,7 +394,6 @@ class CupyBackend(Backend):
         return g, (("ATT_G", g), ("ATT_NEK", nek), ("ATT_NEV", nev))
 
     def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0):
-        cp = self.cp
         q, k, v = self._f32(q), self._f32(k), self._f32(v)
         T, H, Dk = q.shape
         Hkv, Dv = k.shape[1], v.shape[2]
