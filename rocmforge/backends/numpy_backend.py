@@ -47,14 +47,16 @@ class NumpyBackend(Backend):
     device = "cpu"
 
     def forward_scope(self, n_rows):
-        # Multithreaded OpenBLAS gemv on a handful of rows is slower than one thread
-        # (threads spin against each other); decode steps run single-threaded.
+        # BLAS uses every core by default, which is fastest on a machine of one's own
+        # (SmolLM2 decode on 2 cores: 29 t/s vs 19.5 on one). On a machine shared with
+        # other busy processes, spinning BLAS threads get far slower than one thread:
+        # ROCMFORGE_BLAS_THREADS=1 (or N) pins the count for every forward pass.
+        wanted = os.environ.get("ROCMFORGE_BLAS_THREADS")
+        if not wanted:
+            return super().forward_scope(n_rows)
         from threadpoolctl import threadpool_limits
 
-        if n_rows > 8:
-            wanted = os.environ.get("ROCMFORGE_BLAS_THREADS")
-            return threadpool_limits(int(wanted), user_api="blas") if wanted else super().forward_scope(n_rows)
-        return threadpool_limits(1, user_api="blas")
+        return threadpool_limits(int(wanted), user_api="blas")
 
     def upload(self, a):
         a = np.asarray(a)
