@@ -90,13 +90,20 @@ class Model:
         return self._materialized[name]
 
     def prepare(self, progress: bool = False) -> Model:
-        """Prepare every weight for the backend now (dequantise/upload), with a progress bar if asked."""
+        """Prepare the weights for the backend now (dequantise/upload), with a progress bar if asked.
+
+        Runs one throw-away token through the recipe, so exactly the weights the
+        forward pass uses are prepared, in the form it uses them (e.g. q/k/v joined)."""
         from tqdm.auto import tqdm
 
-        names = sorted(self.tensors)
-        for name in tqdm(names, desc=f"preparing {self.arch} weights", unit="tensor", disable=not progress,
-                         leave=False):
-            self.executor.weight(name)
+        n_layer = int(self.hparams["n_layer"])
+        with tqdm(total=n_layer, desc=f"preparing {self.arch} weights", unit="layer", disable=not progress,
+                  leave=False) as bar:
+            self.executor.on_layer = lambda layer: bar.update(1)
+            try:
+                self.executor.forward([0], self.executor.new_cache(1), 0)
+            finally:
+                self.executor.on_layer = None
         return self
 
     def new_session(self, max_tokens: int | None = None) -> Session:

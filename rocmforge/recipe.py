@@ -62,17 +62,27 @@ class Context:
         full = f"blk.{self.layer}.{name}" if self.layer is not None else name
         return self.executor.weight(full, optional=optional, host=host)
 
+    def fused(self, names: list[str]) -> Any:
+        """The layer's tensors ``names`` joined row-wise as one weight, or None if the backend keeps them apart."""
+        prefix = f"blk.{self.layer}." if self.layer is not None else ""
+        return self.executor.fused_weight(tuple(prefix + n for n in names))
+
     def value(self, step: dict, key: str, default: Any = None) -> Any:
         """A step option evaluated over hparams + layer; ``default`` may itself be an expression."""
         raw = step.get(key, default)
-        if raw is None:
-            return None
-        env = {**self.hp, "layer": self.layer if self.layer is not None else -1}
-        try:
-            return expr.evaluate(raw, env)
-        except expr.ExprError as exc:
-            raise SchemaError(self.executor.recipe.file, f"{step.get('op')}.{key}", "a valid expression",
-                              str(exc)) from None
+        if raw is None or not isinstance(raw, str):
+            return raw
+        # hparams are fixed for a model, so a value depends only on the step and the layer
+        cache_key = (id(step), key, raw, self.layer)
+        values = self.executor._values
+        if cache_key not in values:
+            env = {**self.hp, "layer": self.layer if self.layer is not None else -1}
+            try:
+                values[cache_key] = expr.evaluate(raw, env)
+            except expr.ExprError as exc:
+                raise SchemaError(self.executor.recipe.file, f"{step.get('op')}.{key}", "a valid expression",
+                                  str(exc)) from None
+        return values[cache_key]
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         return self.executor.cached(key, make)
@@ -89,6 +99,9 @@ class Executor:
         self._get_raw = get_raw
         self._weights: dict[str, Any] = {}
         self._cache: dict[Any, Any] = {}
+        self._values: dict[Any, Any] = {}
+        self.on_layer: Callable[[int], None] | None = None   # progress hook, called after each layer
+        self._conditions: dict[Any, bool] = {}
         self.ops = ops if ops is not None else all_ops()
         for section in ("embed", "block", "head"):
             for i, step in enumerate(getattr(recipe, section)):
@@ -110,6 +123,17 @@ class Executor:
             self._weights[key] = self._weights[shared]
         return self._weights[key]
 
+    def fused_weight(self, names: tuple[str, ...]) -> Any:
+        key = ("fused", *names)
+        if key not in self._weights:
+            raws = [self._get_raw(n) for n in names]
+            missing = [n for n, r in zip(names, raws) if r is None]
+            if missing:
+                raise TensorMapError(f"recipe {self.recipe.file} needs tensor(s) {', '.join(missing)}, "
+                                     "which the model does not have")
+            self._weights[key] = self.backend.fuse_weights(raws)
+        return self._weights[key]
+
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = make()
@@ -121,12 +145,18 @@ class Executor:
                                          hp.get("head_dim_v") or hp["head_dim"], max_tokens)
 
     def _run(self, steps: list[dict], ctx: Context) -> None:
-        env = {**self.hparams, "layer": ctx.layer if ctx.layer is not None else -1}
         for step in steps:
             cond = step.get("if")
-            if cond is not None and not expr.evaluate(str(cond), env):
+            if cond is not None and not self._condition(step, ctx.layer):
                 continue
             self.ops[step["op"]](ctx, step)
+
+    def _condition(self, step: dict, layer: int | None) -> bool:
+        key = (id(step), layer)
+        if key not in self._conditions:
+            env = {**self.hparams, "layer": layer if layer is not None else -1}
+            self._conditions[key] = bool(expr.evaluate(str(step["if"]), env))
+        return self._conditions[key]
 
     def forward(self, ids, cache: Any, pos0: int, out: str = "logits") -> Any:
         """Run the recipe for tokens ``ids`` at positions pos0..; returns the ``out`` activation (T, vocab)."""
@@ -149,6 +179,8 @@ class Executor:
             for layer in range(self.hparams["n_layer"]):
                 ctx.layer = layer
                 self._run(self.recipe.block, ctx)
+                if self.on_layer is not None:
+                    self.on_layer(layer)
             ctx.layer = None
             self._run(self.recipe.head, ctx)
         return ctx.get(out)

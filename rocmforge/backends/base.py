@@ -106,6 +106,14 @@ class Backend(ABC):
     def concat(self, parts: list[Any]) -> Any:
         """Stack row blocks (T_i, ...) along the first axis."""
 
+    def fuse_weights(self, raws: list) -> Any | None:
+        """One prepared weight holding the rows of ``raws`` in order, or None to keep them apart.
+
+        Lets the q/k/v and gate/up projections run as one matmul where the
+        backend can join them (the CPU can; quantised blocks of different
+        formats cannot be joined, so the default is None)."""
+        return None
+
     def forward_scope(self, n_rows: int):
         """Context manager wrapped around one forward pass of ``n_rows`` token rows."""
         import contextlib

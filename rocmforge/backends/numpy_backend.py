@@ -68,6 +68,12 @@ class NumpyBackend(Backend):
     def weight(self, raw):
         return np.ascontiguousarray(raw.dequantize(), dtype=np.float32)
 
+    def fuse_weights(self, raws):
+        parts = [np.asarray(r.dequantize(), dtype=np.float32) for r in raws]
+        if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+            return None
+        return np.ascontiguousarray(np.concatenate(parts, axis=0))
+
     def embedding(self, w, ids):
         return w[np.asarray(ids, dtype=np.int64)].astype(np.float32, copy=True)
 

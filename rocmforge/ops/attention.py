@@ -34,8 +34,13 @@ def attention(ctx, step):
         qkv = be.linear(x, fused, ctx.tensor(step["qkv"] + ".bias") if bias else None)
         q, k, v = qkv[:, : H * D], qkv[:, H * D: (H + Hkv) * D], qkv[:, (H + Hkv) * D:]
     else:
-        q, k, v = (be.linear(x, ctx.tensor(step[n]), ctx.tensor(step[n] + ".bias") if bias else None)
-                   for n in ("q", "k", "v"))
+        names = [step["q"], step["k"], step["v"]]
+        joined = ctx.fused(names)          # one matmul where the backend can join the three
+        if joined is not None:
+            qkv = be.linear(x, joined, ctx.fused([n + ".bias" for n in names]) if bias else None)
+            q, k, v = qkv[:, : H * D], qkv[:, H * D: (H + Hkv) * D], qkv[:, (H + Hkv) * D:]
+        else:
+            q, k, v = (be.linear(x, ctx.tensor(n), ctx.tensor(n + ".bias") if bias else None) for n in names)
     q = q.reshape(T, H, D)      # (T, n_head, head_dim)
     k = k.reshape(T, Hkv, D)    # (T, n_head_kv, head_dim)
     v = v.reshape(T, Hkv, -1)

@@ -11,8 +11,9 @@ def _gated(ctx, step, default_act: str):
     be = ctx.backend
     x = ctx.get(step["in"])
     act = step.get("act", default_act)
-    if "gate_up" in step:
-        gu = be.linear(x, ctx.tensor(step["gate_up"]))
+    joined = ctx.tensor(step["gate_up"]) if "gate_up" in step else ctx.fused([step["gate"], step["up"]])
+    if joined is not None:
+        gu = be.linear(x, joined)
         half = gu.shape[1] // 2
         g, u = gu[:, :half], gu[:, half:]
     else:
