@@ -33,7 +33,12 @@ class Session:
         """Run ``ids`` after what was fed before; logits of the last token (or all, (T, vocab))."""
         if not ids:
             raise ValueError("feed() needs at least one token")
-        out = self.model.executor.forward(ids, self.cache, self.n_past)
+        out = None
+        graph_step = getattr(self.model.backend, "decode_step", None)   # GPU: replay a captured decode step
+        if graph_step is not None and len(ids) == 1:
+            out = graph_step(self.model.executor, ids, self.cache, self.n_past)
+        if out is None:
+            out = self.model.executor.forward(ids, self.cache, self.n_past)
         self.n_past += len(ids)
         self.tokens.extend(int(i) for i in ids)
         logits = self.model.backend.to_numpy(out)
