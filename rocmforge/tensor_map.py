@@ -51,6 +51,13 @@ class MappedTensor:
     split: tuple[int, int] | None = None      # (part, of): row block of a fused tensor
 
 
+def file_names(t: MappedTensor) -> set[str]:
+    """The names of the file tensors a canonical tensor is made from."""
+    if t.parts is not None:
+        return {p.name for p in t.parts}
+    return {(t.source or t.raw).name}
+
+
 def _mapped(raw: RawTensor, transform: str | None, parts: list[RawTensor] | None = None,
             split: tuple[int, int] | None = None, where: str = "") -> MappedTensor:
     if parts is None and split is None:

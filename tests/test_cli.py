@@ -217,3 +217,20 @@ def test_chat_answers_piped_messages(capsys, monkeypatch):
     assert rc == 0
     assert "Paris" in out
     assert out.count("\n") == 1   # one reply; /reset and the empty line print nothing, /exit ends the chat
+
+
+def test_info_counts_stacked_expert_tensors_as_mapped(capsys, tmp_path):
+    """Per-expert HF tensors stacked into one canonical tensor are mapped, not 'ignored'."""
+    pytest.importorskip("transformers")
+    from rocmforge.registry import get
+    from rocmforge.testing.tiny import make_hf_model
+
+    tiny = get("qwen3moe").recipe_obj.tiny[0]
+    folder = make_hf_model(tiny["hf_class"], tiny["config"], tmp_path / "m")
+    rc, out, _ = cli(capsys, "info", str(folder), "--json")
+    assert rc == 0
+    info = json.loads(out)
+    n_files = info["n_tensors"]
+    assert info["coverage"] | {"tied": []} == {"mapped": n_files, "ignored": 0, "unmapped": 0,
+                                               "canonical": info["coverage"]["canonical"], "tied": []}
+    assert info["coverage"]["canonical"] < n_files   # experts were stacked

@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
 
 
 def collect(model) -> dict:
-    distinct = {id(t.raw) for t in model.tensors.values()}
+    from ..tensor_map import file_names
+
+    used = set().union(*(file_names(t) for t in model.tensors.values())) if model.tensors else set()
     spec = model.spec
     tok = model.tokenizer
     return {
@@ -31,7 +33,8 @@ def collect(model) -> dict:
         "n_tensors": model.n_file_tensors,
         "n_params": model.n_params(),
         "quant_mix": model.quant_mix(),
-        "coverage": {"mapped": len(distinct), "ignored": model.n_file_tensors - len(distinct), "unmapped": 0,
+        "coverage": {"mapped": len(used), "ignored": model.n_file_tensors - len(used), "unmapped": 0,
+                     "canonical": len(model.tensors),
                      "tied": sorted(n for n, t in model.tensors.items()
                                     if sum(t is u for u in model.tensors.values()) > 1)},
         "tokenizer": None if tok is None else {"vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
@@ -54,7 +57,8 @@ def run(args) -> int:
     print(f"  parameters   {info['n_params'] / 1e6:.1f} M in {info['n_tensors']} tensors")
     print(f"  quant mix    {', '.join(f'{k} x{v}' for k, v in info['quant_mix'].items())}")
     cov = info["coverage"]
-    print(f"  tensor map   {cov['mapped']} mapped, {cov['ignored']} ignored, 0 unmapped"
+    print(f"  tensor map   {cov['mapped']} file tensors mapped to {cov['canonical']} canonical ones, "
+          f"{cov['ignored']} ignored, 0 unmapped"
           + (f"; tied: {', '.join(cov['tied'])}" if cov["tied"] else ""))
     if info["tokenizer"]:
         t = info["tokenizer"]
