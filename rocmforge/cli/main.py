@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import RocmforgeError
 
 # Each module exposes add_parser(subparsers); order is the order in --help.
-COMMANDS = ("list_archs", "info", "run", "chat", "bench", "conformance", "serve")
+COMMANDS = ("list_archs", "info", "run", "chat", "bench", "conformance")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.endswith(f"cli.{name}"):
-                continue  # command not built yet
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f".{name}", __package__).add_parser(sub)
     from ..plugin_manager import get_plugin_manager
 
     get_plugin_manager().hook.register_commands(cli=sub)
