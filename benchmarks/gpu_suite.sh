@@ -19,4 +19,7 @@ if cmp -s "$OUT/run_cpu.txt" "$OUT/run_gpu.txt"; then echo "greedy text: GPU == 
 cat "$OUT/run_gpu.txt"
 python3 -m rocmforge.cli.main bench "$ROCMFORGE_SMOLLM2_GGUF" --device gpu --prompt 128 --gen 32 --repeat 3 --json \
     > "$OUT/bench_gpu.json" || rc=1
+# decode t/s, eager launches vs the captured decode graph (same process, same card)
+python3 benchmarks/gpu_decode_bench.py "$ROCMFORGE_SMOLLM2_GGUF" --prompt 16 --gen 128 --repeat 3 2>&1 \
+    | tee "$OUT/decode_graph.log" || rc=1
 exit $rc

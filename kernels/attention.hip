@@ -13,8 +13,13 @@
 //           lane l holds elements l, l + RF_WARP, ... of q, and of the output.
 // Each warp keeps an online softmax (max m, sum l, unnormalised acc) per head.
 //
-// kv_store: 1-D grid-stride, one element per thread, f32 -> f16 into the cache.
-// attn_decode (small T): grid (Hkv * (H/Hkv)/ATT_G, T, nsplit), block ATT_NW warps.
+// Step position: pos0 is a kernel argument, or read from the device (pos_dev non-null: the
+// int64 position of a captured decode step, written before each graph replay).
+//
+// kv_store: 1-D grid-stride, one element per thread, f32 -> f16 into the cache at row pos0.
+// attn_decode (small T): grid (Hkv * (H/Hkv)/ATT_G, T, >= nsplit), block ATT_NW warps.
+//   nsplit = max(1, min(nsplit_cap, ceil(visible keys of the last query / 64))), computed in
+//   the kernel; blocks with blockIdx.z >= nsplit exit at once.
 //   The keys visible to query t are cut into nsplit chunks (flash-decoding);
 //   warps of a block stride over their chunk's keys one key at a time, then
 //   merge through shared memory. nsplit == 1 writes out directly, otherwise
@@ -41,9 +46,19 @@
 
 extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __restrict__ v,
                                     rf_u16* __restrict__ kc, rf_u16* __restrict__ vc,
-                                    rf_i64 nk, rf_i64 nv, rf_i64 koff, rf_i64 voff) {
+                                    rf_i64 nk, rf_i64 nv, rf_i64 pos0_arg, rf_i64 kstride, rf_i64 vstride,
+                                    const rf_i64* __restrict__ pos_dev) {
+    const rf_i64 pos0 = pos_dev ? pos_dev[0] : pos0_arg;
+    const rf_i64 koff = pos0 * kstride, voff = pos0 * vstride;
     for (rf_i64 i = rf_gid(); i < nk; i += rf_gstride()) kc[koff + i] = rf_f2h(k[i]);
     for (rf_i64 i = rf_gid(); i < nv; i += rf_gstride()) vc[voff + i] = rf_f2h(v[i]);
+}
+
+// Chunks of the keys for a step ending at position end - 1 (the backend's rule, repeated here so
+// a captured step, whose grid is sized for the longest step, picks the same split as an eager one).
+RF_DEV int att_nsplit(int end, int window, int nsplit_cap) {
+    const int nvis = window > 0 ? min(end, window) : end;
+    return max(1, min(nsplit_cap, (nvis + 63) / 64));
 }
 
 struct AttState {
@@ -102,8 +117,11 @@ RF_DEV void att_step(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, in
 extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16* __restrict__ kc,
                                        const rf_u16* __restrict__ vc, float* __restrict__ out,
                                        float* __restrict__ part_acc, float* __restrict__ part_ml,
-                                       int T, int H, int Hkv, int Dk, int Dv, int pos0, int window,
-                                       float scale, float cap, int nsplit) {
+                                       int T, int H, int Hkv, int Dk, int Dv, int pos0_arg, int window,
+                                       float scale, float cap, int nsplit_cap, const rf_i64* __restrict__ pos_dev) {
+    const int pos0 = pos_dev ? (int)pos_dev[0] : pos0_arg;
+    const int nsplit = att_nsplit(pos0 + T, window, nsplit_cap);
+    if ((int)blockIdx.z >= nsplit) return;      // spare chunks of a grid sized for the longest step
     __shared__ float sm_m[ATT_NW][ATT_G], sm_l[ATT_NW][ATT_G];
     __shared__ float sm_acc[ATT_NW][ATT_G][ATT_NEV * RF_WARP];
     const int gtot = H / Hkv, hch = gtot / ATT_G;
@@ -153,7 +171,11 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16
 }
 
 extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
-                                        float* __restrict__ out, int T, int H, int Dv, int nsplit) {
+                                        float* __restrict__ out, int T, int H, int Dv, int nsplit_cap,
+                                        int pos0_arg, int window, const rf_i64* __restrict__ pos_dev) {
+    const int pos0 = pos_dev ? (int)pos_dev[0] : pos0_arg;
+    const int nsplit = att_nsplit(pos0 + T, window, nsplit_cap);
+    if (nsplit == 1) return;                    // attn_decode wrote out directly
     const rf_i64 th = blockIdx.x;            // t * H + h
     const rf_i64 TH = (rf_i64)T * H;
     float M = -INFINITY;

@@ -13,10 +13,18 @@ bytes, sub-allocated from a few large arena chunks). ``linear`` with up to
 activations and dp4a for block formats); longer inputs (prefill) dequantise
 the weight to fp16 and use CuPy's BLAS matmul. The KV cache is fp16 and
 preallocated for ``max_tokens``.
+
+Single-token decode of one sequence (``Session.feed`` of one token) replays a
+captured CUDA/HIP graph of the whole step (:meth:`CupyBackend.decode_step`,
+rocmforge/backends/cupy_graph.py): in "step mode" embedding, rope, KV append
+and decode attention read the token id and position from a small device
+buffer instead of kernel arguments, so one capture serves every later step.
+``ROCMFORGE_GPU_GRAPH=0`` (or ``backend.graphs = False``) keeps every step eager.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +122,7 @@ class GpuKVCache:
         self.k = cp.empty((n_layer, max_tokens, n_kv_head, dk), cp.float16)
         self.v = cp.empty((n_layer, max_tokens, n_kv_head, dv), cp.float16)
         self.length = [0] * n_layer
+        self.graph: Any = None      # decode-graph state of this sequence (cupy_graph.decode_step)
 
 
 class _Arena:
@@ -145,8 +154,11 @@ class CupyBackend(Backend):
     name = "cupy"
     device = "gpu"
 
-    def __init__(self, poison: bool = False):
-        """``poison``: fill every output buffer with NaN before a kernel writes it (tests)."""
+    def __init__(self, poison: bool = False, graphs: bool | None = None):
+        """``poison``: fill every output buffer with NaN before a kernel writes it (tests).
+
+        ``graphs``: replay single-token decode steps from a captured graph (default: on unless
+        the environment sets ROCMFORGE_GPU_GRAPH=0)."""
         try:
             import cupy as cp
         except ImportError as exc:  # pragma: no cover - get_backend checks first
@@ -161,6 +173,13 @@ class CupyBackend(Backend):
         self._kernels: dict[tuple, Any] = {}
         self._arena = _Arena(cp)
         self._small: dict[Any, Any] = {}
+        if graphs is None:
+            graphs = os.environ.get("ROCMFORGE_GPU_GRAPH", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.graphs = bool(graphs)
+        # set while a decode step runs in step mode (cupy_graph.StepBuffers): token id and
+        # position come from device buffers; ops that need the host mark it on `_step.host`
+        self._step: Any = None
+        self._no_graph: Any = None   # executors whose steps cannot be captured (weakref.WeakSet)
 
     # ------------------------------------------------------------ compilation
     def _kernel(self, file: str, name: str, defines: tuple[tuple[str, int], ...] = ()):
@@ -199,8 +218,14 @@ class CupyBackend(Backend):
         return max(1, min((n + threads - 1) // threads, 65535 * 8))
 
     # ------------------------------------------------------------ data movement
+    def _needs_host(self, what: str) -> None:
+        """An op moved data between host and device inside a forward: such a step is not capturable."""
+        if self._step is not None:
+            self._step.host = self._step.host or what
+
     def upload(self, a):
         cp = self.cp
+        self._needs_host("upload")
         a = np.asarray(a)
         if a.dtype.kind in "iub":
             return cp.asarray(a)
@@ -209,6 +234,7 @@ class CupyBackend(Backend):
     def to_numpy(self, a):
         if isinstance(a, np.ndarray):
             return a
+        self._needs_host("to_numpy")
         return self.cp.asnumpy(a)
 
     def synchronize(self) -> None:
@@ -217,6 +243,7 @@ class CupyBackend(Backend):
     def weight(self, raw):
         """1-D tensors (norms, biases) -> float32 arrays; matrices stay in their file format."""
         cp = self.cp
+        self._needs_host("weight upload")
         shape = tuple(int(s) for s in raw.shape)
         try:
             if len(shape) <= 1:
@@ -327,10 +354,13 @@ class CupyBackend(Backend):
     # ------------------------------------------------------------ ops
     def embedding(self, w, ids):
         cp = self.cp
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self._step is not None:            # a captured decode step: the token id lives on the device
+            dev = self._step.tok
+        else:
+            dev = cp.asarray(np.asarray(ids, dtype=np.int64).reshape(-1))
         if not isinstance(w, GpuWeight):
-            return cp.ascontiguousarray(w[cp.asarray(ids)], dtype=cp.float32)
-        return self.dequant(w, rows=cp.asarray(ids), dtype="f32")
+            return cp.ascontiguousarray(w[dev], dtype=cp.float32)
+        return self.dequant(w, rows=dev, dtype="f32")
 
     def linear(self, x, w, bias=None):
         x = self._f32(x)
@@ -367,10 +397,16 @@ class CupyBackend(Backend):
         x = self._f32(x)
         T, H, D = x.shape
         # positions may already live on the GPU (a static buffer of a captured decode step)
-        pos = positions if isinstance(positions, cp.ndarray) else cp.asarray(np.asarray(positions, np.int64))
+        if self._step is not None:
+            pos = self._step.pos
+        elif isinstance(positions, cp.ndarray):
+            pos = positions
+        else:
+            pos = cp.asarray(np.asarray(positions, np.int64))
         key = ("inv_freq", np.asarray(inv_freq, np.float32).tobytes())
         f = self._small.get(key)
         if f is None:
+            self._needs_host("rope table upload")
             f = self._small[key] = cp.asarray(np.asarray(inv_freq, np.float32))
         y = self._out(x.shape)
         n = x.size
@@ -404,8 +440,14 @@ class CupyBackend(Backend):
             raise RocmforgeError(f"attention: {H} query heads do not group over {Hkv} kv heads")
         kc, vc = cache.k[layer], cache.v[layer]
         nk, nv = k.size, v.size
+        # step mode (captured decode): the position is read from the device, and the split-K
+        # grid is sized for the longest step this cache allows (the kernels pick the same
+        # split as an eager launch from the position, spare blocks exit)
+        step = self._step
+        pos_dev = _null() if step is None else step.pos
         self._launch("attention.hip", "kv_store", (self._grid1d(max(nk, nv)),), (256,),
-                     (k, v, kc, vc, np.int64(nk), np.int64(nv), np.int64(pos0 * Hkv * Dk), np.int64(pos0 * Hkv * Dv)))
+                     (k, v, kc, vc, np.int64(nk), np.int64(nv), np.int64(pos0), np.int64(Hkv * Dk),
+                      np.int64(Hkv * Dv), pos_dev))
         cache.length[layer] = end
         g, defs = self._att_defines(H, Hkv, Dk, Dv)
         hblocks = Hkv * ((H // Hkv) // g)
@@ -413,22 +455,36 @@ class CupyBackend(Backend):
         common = (np.int32(T), np.int32(H), np.int32(Hkv), np.int32(Dk), np.int32(Dv), np.int32(pos0),
                   np.int32(window or 0), np.float32(scale), np.float32(softcap or 0.0))
         if T <= DECODE_MAX_T:
-            n_vis = end if not window else min(end, window)
-            nsplit = max(1, min(-(-2 * self.n_sm // (hblocks * T)), -(-n_vis // 64), 64))
+            nsplit_cap = max(1, min(-(-2 * self.n_sm // (hblocks * T)), 64))
+            last = end if step is None else cache.max_tokens
+            n_vis = last if not window else min(last, window)
+            nsplit = max(1, min(nsplit_cap, -(-n_vis // 64)))
             if nsplit > 1:
                 pa = self._out((nsplit, T, H, Dv))
                 pm = self._out((nsplit, T, H, 2))
             else:
                 pa = pm = _null()
             self._launch("attention.hip", "attn_decode", (hblocks, T, nsplit), (4 * self.warp,),
-                         (q, kc, vc, out, pa, pm) + common + (np.int32(nsplit),), defs)
+                         (q, kc, vc, out, pa, pm) + common + (np.int32(nsplit_cap), pos_dev), defs)
             if nsplit > 1:
                 self._launch("attention.hip", "attn_combine", (T * H,), (min(256, max(self.warp, Dv)),),
-                             (pa, pm, out, np.int32(T), np.int32(H), np.int32(Dv), np.int32(nsplit)), defs)
+                             (pa, pm, out, np.int32(T), np.int32(H), np.int32(Dv), np.int32(nsplit_cap),
+                              np.int32(pos0), np.int32(window or 0), pos_dev), defs)
         else:
             self._launch("attention.hip", "attn_prefill", (hblocks, -(-T // 8)), (8 * self.warp,),
                          (q, kc, vc, out) + common, defs)
         return out
+
+    def decode_step(self, executor, ids, cache, pos0):
+        """Host logits (1, vocab) of one token through the sequence's captured decode graph.
+
+        None when this step must run eagerly (graphs off, not capturable, first step of the
+        sequence, ...): the caller then runs ``executor.forward`` as usual."""
+        if not self.graphs:
+            return None
+        from .cupy_graph import decode_step
+
+        return decode_step(self, executor, ids, cache, pos0)
 
     # ------------------------------------------------------------ elementwise
     def act(self, x, kind):
@@ -494,6 +550,7 @@ class CupyBackend(Backend):
         """Row-wise argmax of (T, V) logits on the GPU (greedy sampling); int64 on the host."""
         x = self._f32(x)
         x2 = x.reshape(-1, x.shape[-1])
+        self._needs_host("argmax")
         out = self._out((x2.shape[0],), self.cp.int32)
         self._launch("sampling.hip", "argmax_f32", (x2.shape[0],), (256,),
                      (x2, out, np.int32(x2.shape[1])))
@@ -504,6 +561,7 @@ class CupyBackend(Backend):
         cp = self.cp
         if gating not in ("softmax", "sigmoid"):
             raise ValueError(f"unknown gating {gating!r}")
+        self._needs_host("moe_route")       # returns host arrays: MoE steps stay eager
         logits = self._f32(logits)
         T, E = logits.shape
         probs = cp.empty((T, E), cp.float32)
@@ -516,6 +574,7 @@ class CupyBackend(Backend):
 
     def moe_ffn(self, x, gate, up, down, weights, ids, act):
         cp = self.cp
+        self._needs_host("moe_ffn")
         x = self._f32(x)
         T = x.shape[0]
         ids = np.asarray(ids)

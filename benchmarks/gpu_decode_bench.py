@@ -1,0 +1,141 @@
+"""Decode tokens/s of a GGUF model on the GPU, eager launches vs graph replay (rocmforge bench's measure).
+
+    # a random-weight LLaMA-2-7B-shaped Q4_0 file (~3.8 GB; write it on the GPU machine's disk)
+    PYTHONPATH=. python3 benchmarks/gpu_decode_bench.py --make /tmp/llama7b-q4_0.gguf
+    PYTHONPATH=. python3 benchmarks/gpu_decode_bench.py /tmp/llama7b-q4_0.gguf --prompt 16 --gen 128
+
+``--make`` writes llama.cpp's Q4_0 mix: every matrix Q4_0 except output.weight (Q6_K), norms F32,
+from random valid blocks (rocmforge.quant.samples.random_blocks) with the f16 block scales scaled
+down to the size real 7B weights have. The benchmark loads the model once, then runs
+``rocmforge bench``'s measure() with graphs off and on (same process, same card); each figure is the
+median of --repeat runs, and a graph run includes its session's one capture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_llama(path: str, n_layer=32, d=4096, ff=11008, n_head=32, n_kv=32, vocab=32000, ctx=4096):
+    import gguf
+
+    from rocmforge.quant import nbytes
+    from rocmforge.quant.formats import get_format
+    from rocmforge.quant.samples import random_blocks
+
+    def blocks(qtype, shape, seed, scale):
+        raw = random_blocks(qtype, shape, seed)
+        fmt = get_format(qtype)
+        rows = int(np.prod(shape[:-1]))
+        b = raw.reshape(-1, fmt.type_size)
+        off = {"Q4_0": 0, "Q6_K": 208}[qtype]
+        rng = np.random.default_rng(seed + 1000)
+        dsc = (rng.uniform(0.5, 1.5, len(b)) * scale).astype("<f2")
+        b[:, off:off + 2] = dsc.view(np.uint8).reshape(-1, 2)
+        assert raw.size == nbytes(qtype, shape)
+        return raw.reshape(rows, -1), gguf.GGMLQuantizationType[qtype]
+
+    t0 = time.time()
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_uint32("llama.block_count", n_layer)
+    w.add_uint32("llama.context_length", ctx)
+    w.add_uint32("llama.embedding_length", d)
+    w.add_uint32("llama.feed_forward_length", ff)
+    w.add_uint32("llama.attention.head_count", n_head)
+    w.add_uint32("llama.attention.head_count_kv", n_kv)
+    w.add_uint32("llama.rope.dimension_count", d // n_head)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_float32("llama.rope.freq_base", 10000.0)
+    w.add_uint32("llama.vocab_size", vocab)
+    hd = d // n_head
+    shapes = {"attn_q": (d, d), "attn_k": (n_kv * hd, d), "attn_v": (n_kv * hd, d), "attn_output": (d, d),
+              "ffn_gate": (ff, d), "ffn_up": (ff, d), "ffn_down": (d, ff)}
+    # one random matrix per kind, shared by the layers (the bytes a decode step reads are the same)
+    proto = {n: blocks("Q4_0", s, i, 0.002 if n != "ffn_down" else 0.001) for i, (n, s) in enumerate(shapes.items())}
+    norm = np.ones(d, np.float32)
+    emb = blocks("Q4_0", (vocab, d), 97, 0.004)
+    w.add_tensor("token_embd.weight", emb[0], raw_shape=emb[0].shape, raw_dtype=emb[1])
+    for i in range(n_layer):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", norm)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
+        for n in shapes:
+            raw, qt = proto[n]
+            w.add_tensor(f"blk.{i}.{n}.weight", raw, raw_shape=raw.shape, raw_dtype=qt)
+    w.add_tensor("output_norm.weight", norm)
+    out = blocks("Q6_K", (vocab, d), 98, 0.0005)
+    w.add_tensor("output.weight", out[0], raw_shape=out[0].shape, raw_dtype=out[1])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"wrote {path}: {Path(path).stat().st_size / 1e9:.2f} GB in {time.time() - t0:.0f} s", flush=True)
+
+
+def bench(path: str, n_prompt: int, n_gen: int, repeat: int, device: str = "gpu") -> dict:
+    import rocmforge
+    from rocmforge.backends.cupy_graph import DecodeGraph
+    from rocmforge.cli.bench import measure
+
+    t0 = time.time()
+    model = rocmforge.load_model(path, device=device, tokenizer=False)
+    model.prepare()
+    model.backend.synchronize()
+    print(f"loaded {model.arch} {path} ({model.quant_mix()}) in {time.time() - t0:.1f} s", flush=True)
+    res = {"model": path, "arch": model.arch, "quant_mix": model.quant_mix()}
+    try:
+        import cupy as cp
+
+        props = cp.cuda.runtime.getDeviceProperties(0)
+        res["card"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception:  # noqa: BLE001
+        pass
+    for mode in ("eager", "graph", "eager", "graph"):
+        model.backend.graphs = mode == "graph"
+        r = measure(model, n_prompt, n_gen, repeat)
+        # did the graph run replay? (one more session, a few steps)
+        s = model.new_session(n_prompt + 8)
+        s.feed(list(range(1, n_prompt + 1)))
+        for t in range(4):
+            s.feed([t + 5])
+        state = getattr(s.cache, "graph", None)
+        r["graph_state"] = (f"replays {state.replays}" if isinstance(state, DecodeGraph)
+                            else getattr(state, "why", repr(state)))
+        res.setdefault(mode, []).append(r)
+        print(f"{mode:5s}: pp{n_prompt} {r['pp_tps']:8.1f} t/s   tg{n_gen} {r['tg_tps']:8.1f} t/s "
+              f"(runs {', '.join(f'{x:.1f}' for x in r['tg_runs'])}; {r['graph_state']})", flush=True)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", nargs="?")
+    ap.add_argument("--make", help="write a random LLaMA-2-7B-shaped Q4_0 GGUF here and exit")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--dim", type=int, default=4096)
+    ap.add_argument("--ff", type=int, default=11008)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--device", default="gpu")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    if a.make:
+        make_llama(a.make, a.layers, a.dim, a.ff, a.heads, a.heads, a.vocab)
+        return
+    res = bench(a.model, a.prompt, a.gen, a.repeat, a.device)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
