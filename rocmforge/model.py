@@ -34,9 +34,8 @@ class Session:
         if not ids:
             raise ValueError("feed() needs at least one token")
         out = None
-        graph_step = getattr(self.model.backend, "decode_step", None)   # GPU: replay a captured decode step
-        if graph_step is not None and len(ids) == 1:
-            out = graph_step(self.model.executor, ids, self.cache, self.n_past)
+        if len(ids) == 1:   # a decode step: the GPU replays a captured graph of it
+            out = self.model.backend.decode_step(self.model.executor, ids, self.cache, self.n_past)
         if out is None:
             out = self.model.executor.forward(ids, self.cache, self.n_past)
         self.n_past += len(ids)

@@ -114,6 +114,12 @@ class Backend(ABC):
         formats cannot be joined, so the default is None)."""
         return None
 
+    def decode_step(self, executor: Any, ids: list[int], cache: Any, pos0: int) -> Any | None:
+        """Run a one-token step the backend's fastest way (the GPU replays a captured graph).
+
+        Returns the logits (1, vocab), or None to let the executor run the step eagerly."""
+        return None
+
     def forward_scope(self, n_rows: int):
         """Context manager wrapped around one forward pass of ``n_rows`` token rows."""
         import contextlib
