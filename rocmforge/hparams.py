@@ -72,12 +72,14 @@ def resolve_hparams(recipe: Recipe, fmt: str, metadata: dict, shapes: dict[str, 
         derived = _MISSING
         if hp.from_tensor is not None:
             tname, axis = hp.from_tensor
+            if tname not in shapes:
+                tname = f"blk.0.{tname}"   # a per-layer tensor: layer 0 speaks for all
             if tname in shapes and -len(shapes[tname]) <= axis < len(shapes[tname]):
                 derived = shapes[tname][axis]
         if value is _MISSING:
             value = derived
         elif derived is not _MISSING and isinstance(value, (int, float)) and int(value) != derived:
-            raise ModelFormatError(f"{where}: metadata says {name}={value} but tensor '{hp.from_tensor[0]}' "
+            raise ModelFormatError(f"{where}: metadata says {name}={value} but tensor '{tname}' "
                                    f"has {derived} along axis {hp.from_tensor[1]}")
         if value is _MISSING:
             pending[name] = hp
@@ -88,7 +90,8 @@ def resolve_hparams(recipe: Recipe, fmt: str, metadata: dict, shapes: dict[str, 
         progressed = False
         for name, hp in list(pending.items()):
             if not hp.has_default:
-                got = ", ".join(hp.gguf if fmt == "gguf" else hp.hf) or "(no key)"
+                keys = [k.replace("{arch}", arch) for k in hp.gguf] if fmt == "gguf" else hp.hf
+                got = ", ".join(keys) or "(no key)"
                 raise ModelFormatError(f"{where}: required hyperparameter '{name}' not found (looked for {got})")
             is_expr = isinstance(hp.default, str) and hp.type != "str"
             deps = expr.names(hp.default) if is_expr else set()
