@@ -98,6 +98,51 @@ extern "C" __global__ void matvec_##fmt(const rf_u8* __restrict__ W, rf_i64 row_
 
 RF_FOR_EACH_BLOCK_FORMAT(RF_MATVEC_BLOCK)
 
+// ---- block formats decoded to floats (OCP MXFP8, MXFP6 E3M2): x read as float32 ---------------
+// Same launch and MoE mode as the block kernels; x (rows, K) float32 instead of int8 blocks.
+#define RF_MATVEC_FGROUP(fmt)                                                                         \
+extern "C" __global__ void matvec_##fmt(const rf_u8* __restrict__ W, rf_i64 row_bytes,                \
+        const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ bias,          \
+        int N, int K, int T, const int* __restrict__ ids, int x_div, rf_i64 expert_bytes) {          \
+    const int row = blockIdx.x * blockDim.y + threadIdx.y;                                            \
+    if (row >= N) return;                                                                             \
+    const int lane = threadIdx.x;                                                                     \
+    const rf_i64 NG = K / 32;                                                                         \
+    const rf_u8* wrow = W + (rf_i64)row * row_bytes;                                                  \
+    rf_i64 xrow0 = 0; rf_i64 yoff = 0;                                                                \
+    int nt = T;                                                                                       \
+    if (ids) {                                                                                        \
+        const int p = blockIdx.y;                                                                     \
+        wrow += (rf_i64)ids[p] * expert_bytes;                                                        \
+        xrow0 = p / x_div; yoff = (rf_i64)p * N; nt = 1;                                              \
+    }                                                                                                 \
+    float acc[RF_MV_MAXT];                                                                            \
+    _Pragma("unroll") for (int t = 0; t < RF_MV_MAXT; ++t) acc[t] = 0.f;                              \
+    for (rf_i64 g = lane; g < NG; g += RF_WARP) {                                                     \
+        float v[32];                                                                                  \
+        rf_fgroup_##fmt(wrow, g, v);                                                                  \
+        _Pragma("unroll") for (int t = 0; t < RF_MV_MAXT; ++t) {                                      \
+            if (t < nt) {                                                                             \
+                const float4* xv = (const float4*)(x + (xrow0 + t) * (rf_i64)K + g * 32);             \
+                float s = 0.f;                                                                        \
+                _Pragma("unroll") for (int k = 0; k < 8; ++k) {                                       \
+                    const float4 a = xv[k];                                                           \
+                    s += v[4 * k] * a.x + v[4 * k + 1] * a.y + v[4 * k + 2] * a.z + v[4 * k + 3] * a.w; \
+                }                                                                                     \
+                acc[t] += s;                                                                          \
+            }                                                                                         \
+        }                                                                                             \
+    }                                                                                                 \
+    _Pragma("unroll") for (int t = 0; t < RF_MV_MAXT; ++t) {                                          \
+        if (t < nt) {                                                                                 \
+            const float s = rf_warp_sum(acc[t]);                                                      \
+            if (lane == 0) y[yoff + (rf_i64)t * N + row] = s + (bias ? bias[row] : 0.f);              \
+        }                                                                                             \
+    }                                                                                                 \
+}
+
+RF_FOR_EACH_FLOAT_GROUP_FORMAT(RF_MATVEC_FGROUP)
+
 // ---- float formats: x read as float32, weights as f32 / f16 / bf16 elements -------------------
 RF_DEV float rf_elem(const float* w, rf_i64 i) { return w[i]; }
 RF_DEV float rf_elem(const rf_u16* w, rf_i64 i) { return rf_h2f(w[i]); }

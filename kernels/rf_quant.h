@@ -1,4 +1,4 @@
-// rf_quant.h -- decoders for GGUF block formats, shared by dequant.hip and matvec.hip.
+// rf_quant.h -- decoders for GGUF block formats and the OCP MX formats, shared by dequant.hip and matvec.hip.
 //
 // Every format is read in "groups" of 32 consecutive weights of one row
 // (a row is K/32 groups; a 256-weight super-block holds 8 groups). One call
@@ -259,7 +259,117 @@ RF_DEV void rf_group_iq4_xs(const rf_u8* row, rf_i64 g, RfGroup& G) {
     }
 }
 
-// X-macro of every block format with a decoder: (name, bytes per 32-weight group numerator info unused)
+// ---- OCP Microscaling v1.0 (rocmforge.quant.mx layout) ---------------------------------------
+// Every block: byte 0 = E8M0 scale X = 2^(e-127) (0xFF = NaN: the whole block is NaN), then 32
+// element codes in element order: MXINT8 / MXFP8 1 byte each (33 B), MXFP6 8 x 3 bytes (25 B, the
+// little-endian 24-bit word of a 3-byte group holds elements 4k..4k+3 at bits 0, 6, 12, 18),
+// MXFP4 16 bytes (17 B, byte j: element 2j low nibble, 2j+1 high nibble; not GGUF's MXFP4 order).
+// Formats whose element values are exact small integers times a power of two (INT8, FP4 E2M1,
+// FP6 E2M3) decode to RfGroup (dp4a matvec); FP8 E4M3/E5M2 and FP6 E3M2 (up to 448 steps of
+// its smallest subnormal) decode to 32 floats (rf_fgroup_*: float matvec against float x).
+RF_DEV float rf_e8m0(rf_u32 e) {
+    return __uint_as_float(e == 0xFFu ? 0x7FC00000u : (e == 0u ? 0x00400000u : (e << 23)));
+}
+
+// MXINT8: w = X * 2^-6 * int8 (two's complement, -128 accepted)
+RF_DEV void rf_group_mx_int8(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 33;
+    rf_set_scale(G, rf_e8m0(b[0]) * 0.015625f, 0.f);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) G.q[k] = (int)rf_ld_u32(b + 1 + 4 * k);
+}
+
+// the 4 nibbles of a 16-bit h -> the low nibbles of the 4 bytes of a word (element order)
+RF_DEV rf_u32 rf_spread_nibbles(rf_u32 h) {
+    return (h & 0xFu) | ((h & 0xF0u) << 4) | ((h & 0xF00u) << 8) | ((h & 0xF000u) << 12);
+}
+
+// MXFP4_E2M1: w = X/2 * (2 * E2M1[code]) (0 1 2 3 4 6 8 12, sign bit 3)
+RF_DEV void rf_group_mx_fp4(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 17;
+    rf_set_scale(G, rf_e8m0(b[0]) * 0.5f, 0.f);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const rf_u32 w = rf_ld_u32(b + 1 + 4 * k);
+        G.q[2 * k] = rf_lut4(RF_KV_MXFP4, rf_spread_nibbles(w & 0xFFFFu));
+        G.q[2 * k + 1] = rf_lut4(RF_KV_MXFP4, rf_spread_nibbles(w >> 16));
+    }
+}
+
+// FP6 E2M3 code (s eemmm, bias 1, no inf/NaN) times 8: 0..7, 8..15, 16..30, 32..60 (signed)
+RF_DEV int rf_e2m3_x8(rf_u32 c) {
+    const int e = (c >> 3) & 3, m = c & 7;
+    const int mag = e == 0 ? m : ((8 | m) << (e - 1));
+    return (c & 0x20u) ? -mag : mag;
+}
+
+RF_DEV rf_u32 rf_ld_u24(const rf_u8* p) { return (rf_u32)p[0] | ((rf_u32)p[1] << 8) | ((rf_u32)p[2] << 16); }
+
+// MXFP6_E2M3: w = X/8 * (8 * E2M3[code])
+RF_DEV void rf_group_mx_fp6_e2m3(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* b = row + g * 25;
+    rf_set_scale(G, rf_e8m0(b[0]) * 0.125f, 0.f);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const rf_u32 w = rf_ld_u24(b + 1 + 3 * k);
+        G.q[k] = rf_pack4(rf_e2m3_x8(w & 63), rf_e2m3_x8((w >> 6) & 63), rf_e2m3_x8((w >> 12) & 63),
+                          rf_e2m3_x8((w >> 18) & 63));
+    }
+}
+
+// a minifloat code without special values: s | EB exponent bits | MB mantissa bits, bias BIAS
+template <int EB, int MB, int BIAS>
+RF_DEV float rf_minifloat(rf_u32 c) {
+    const int e = (int)((c >> MB) & ((1u << EB) - 1u));
+    const rf_u32 m = c & ((1u << MB) - 1u);
+    const float mag = (float)(e ? (m | (1u << MB)) : m) *
+                      __uint_as_float((rf_u32)(127 + (e ? e : 1) - BIAS - MB) << 23);
+    return ((c >> (EB + MB)) & 1u) ? -mag : mag;
+}
+
+// FP8 E4M3 (bias 7): no infinity, S.1111.111 is NaN
+RF_DEV float rf_fp8_e4m3(rf_u32 c) {
+    return (c & 0x7Fu) == 0x7Fu ? __uint_as_float(0x7FC00000u) : rf_minifloat<4, 3, 7>(c);
+}
+
+// FP8 E5M2 (bias 15): exponent 11111 is +-inf (mantissa 0) or NaN
+RF_DEV float rf_fp8_e5m2(rf_u32 c) {
+    if ((c & 0x7Cu) == 0x7Cu)
+        return __uint_as_float((c & 3u) ? 0x7FC00000u : (((c & 0x80u) << 24) | 0x7F800000u));
+    return rf_minifloat<5, 2, 15>(c);
+}
+
+// element value first, then times X (the CPU's order: bit-identical results)
+RF_DEV void rf_fgroup_mx_fp8_e4m3(const rf_u8* row, rf_i64 g, float* v) {
+    const rf_u8* b = row + g * 33;
+    const float X = rf_e8m0(b[0]);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) v[i] = rf_fp8_e4m3(b[1 + i]) * X;
+}
+
+RF_DEV void rf_fgroup_mx_fp8_e5m2(const rf_u8* row, rf_i64 g, float* v) {
+    const rf_u8* b = row + g * 33;
+    const float X = rf_e8m0(b[0]);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) v[i] = rf_fp8_e5m2(b[1 + i]) * X;
+}
+
+RF_DEV void rf_fgroup_mx_fp6_e3m2(const rf_u8* row, rf_i64 g, float* v) {
+    const rf_u8* b = row + g * 25;
+    const float X = rf_e8m0(b[0]);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const rf_u32 w = rf_ld_u24(b + 1 + 3 * k);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[4 * k + i] = rf_minifloat<3, 2, 3>((w >> (6 * i)) & 63) * X;
+    }
+}
+
+// X-macro of every block format with an RfGroup decoder (int8 dp4a matvec)
 #define RF_FOR_EACH_BLOCK_FORMAT(X) \
     X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q8_0) X(iq4_nl) X(mxfp4) \
-    X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k) X(iq4_xs)
+    X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k) X(iq4_xs) \
+    X(mx_int8) X(mx_fp4) X(mx_fp6_e2m3)
+
+// X-macro of the block formats decoded to floats (rf_fgroup_*: float matvec)
+#define RF_FOR_EACH_FLOAT_GROUP_FORMAT(X) X(mx_fp8_e4m3) X(mx_fp8_e5m2) X(mx_fp6_e3m2)

@@ -8,7 +8,9 @@ device's warp size passed as ``-DRF_WARP_SIZE``; modules are cached per
 (file, defines).
 
 Weights stay quantised on the GPU (:class:`GpuWeight`: the raw GGUF block
-bytes, sub-allocated from a few large arena chunks). ``linear`` with up to
+bytes, sub-allocated from a few large arena chunks); so do the OCP MX formats
+of rocmforge.quant.mx (MXINT8, MXFP4_E2M1, MXFP6_E2M3 through the int8 dp4a
+matvec; MXFP8_E4M3/E5M2 and MXFP6_E3M2 through a float matvec). ``linear`` with up to
 ``MATVEC_MAX_T`` rows runs a fused dequant+matvec kernel per format (int8
 activations and dp4a for block formats); longer inputs (prefill) dequantise
 the weight to fp16 and use CuPy's BLAS matmul. The KV cache is fp16 and
@@ -40,12 +42,22 @@ BLOCK_KERNELS: dict[str, str] = {
     "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0",
     "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k",
     "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs", "MXFP4": "mxfp4",
+    # OCP MX formats whose elements are exact int8 multiples of a power of two
+    "MXINT8": "mx_int8", "MXFP4_E2M1": "mx_fp4", "MXFP6_E2M3": "mx_fp6_e2m3",
 }
+# block formats decoded to floats (rf_fgroup_*): float matvec against float32 x, no dp4a
+FGROUP_KERNELS: dict[str, str] = {
+    "MXFP8_E4M3": "mx_fp8_e4m3", "MXFP8_E5M2": "mx_fp8_e5m2", "MXFP6_E3M2": "mx_fp6_e3m2",
+}
+# OCP MX formats (E8M0 scale in byte 0 of every block): dequant/matvec on the GPU
+MX_FORMATS = {"MXINT8", "MXFP4_E2M1", "MXFP6_E2M3", "MXFP8_E4M3", "MXFP8_E5M2", "MXFP6_E3M2"}
 # plain formats: kernel suffix and the dequant_plain "kind"
 FLOAT_KERNELS: dict[str, tuple[str, int]] = {"F32": ("f32", 0), "F16": ("f16", 1), "BF16": ("bf16", 2)}
 
-# formats whose values can pass the fp16 range (E8M0 scales up to 2^127): prefill GEMM in float32
+# formats whose values can pass the fp16 range (E8M0 scales up to 2^127): prefill GEMM in float32.
+# OCP MX weights decide per tensor at upload (GpuWeight.f32_gemm: largest scale x largest element).
 F32_GEMM = {"MXFP4"}
+_F16_MAX = 65504.0
 
 MATVEC_MAX_T = 8          # must equal RF_MV_MAXT in kernels/matvec.hip
 MATVEC_ROWS = 4           # warps (rows) per matvec block
@@ -93,6 +105,7 @@ class GpuWeight:
     shape: tuple[int, ...]     # NumPy order: (..., rows, K)
     data: Any                  # cupy uint8 (n_bytes,)
     row_bytes: int
+    f32_gemm: bool = False     # prefill GEMM in float32 (dequantised values may pass the fp16 range)
 
     @property
     def K(self) -> int:
@@ -110,7 +123,8 @@ class GpuWeight:
     def expert(self, e: int) -> GpuWeight:
         """Expert ``e`` of an (E, rows, K) weight, as a 2-D weight (a view, no copy)."""
         per = int(np.prod(self.shape[1:-1], dtype=np.int64)) * self.row_bytes
-        return GpuWeight(self.qtype, tuple(self.shape[1:]), self.data[e * per:(e + 1) * per], self.row_bytes)
+        return GpuWeight(self.qtype, tuple(self.shape[1:]), self.data[e * per:(e + 1) * per], self.row_bytes,
+                         self.f32_gemm)
 
 
 class GpuKVCache:
@@ -148,6 +162,22 @@ class _Arena:
 
 def _null():
     return np.uint64(0)
+
+
+def _needs_f32_gemm(qtype: str, host: np.ndarray) -> bool:
+    """Whether dequantised values of this tensor may pass the fp16 range (prefill GEMM in float32)."""
+    if qtype in F32_GEMM:
+        return True
+    if qtype not in MX_FORMATS or host.size == 0:
+        return False
+    from ..quant import mx
+
+    elem = mx.ELEMENTS[qtype]
+    scales = host.reshape(-1, elem.type_size)[:, 0]
+    finite = scales[scales != mx.SCALE_NAN]
+    if finite.size == 0:
+        return False
+    return elem.max_value * 2.0 ** (int(finite.max()) - mx.E8M0_BIAS) > _F16_MAX
 
 
 class CupyBackend(Backend):
@@ -249,7 +279,7 @@ class CupyBackend(Backend):
             if len(shape) <= 1:
                 return cp.asarray(np.ascontiguousarray(raw.dequantize(), dtype=np.float32))
             qtype = raw.qtype.upper()
-            if qtype in BLOCK_KERNELS or qtype in FLOAT_KERNELS:
+            if qtype in BLOCK_KERNELS or qtype in FLOAT_KERNELS or qtype in FGROUP_KERNELS:
                 data = raw.data
                 if isinstance(data, np.ndarray):
                     host = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
@@ -264,7 +294,7 @@ class CupyBackend(Backend):
                 raise RocmforgeError(f"tensor {raw.name!r}: {host.size} bytes do not split into {rows} rows")
             buf = self._arena.alloc(host.size)
             buf.set(host)
-            return GpuWeight(qtype, shape, buf, host.size // max(rows, 1))
+            return GpuWeight(qtype, shape, buf, host.size // max(rows, 1), _needs_f32_gemm(qtype, host))
         except cp.cuda.memory.OutOfMemoryError as exc:
             raise DeviceError(f"out of GPU memory while uploading tensor {getattr(raw, 'name', '?')!r} "
                               f"({exc}); use a smaller model or device='cpu'") from None
@@ -294,9 +324,10 @@ class CupyBackend(Backend):
         out = self._out((n_rows, w.K), cp.float32 if dtype == "f32" else cp.float16)
         o32, o16 = (out, _null()) if dtype == "f32" else (_null(), out)
         rows_arg = _null() if rows is None else rows
-        if w.qtype in BLOCK_KERNELS:
+        suffix = BLOCK_KERNELS.get(w.qtype) or FGROUP_KERNELS.get(w.qtype)
+        if suffix is not None:
             n = n_rows * (w.K // 32)
-            self._launch("dequant.hip", f"dequant_{BLOCK_KERNELS[w.qtype]}", (self._grid1d(n),), (256,),
+            self._launch("dequant.hip", f"dequant_{suffix}", (self._grid1d(n),), (256,),
                          (w.data, np.int64(w.row_bytes), rows_arg, np.int64(n_rows), np.int32(w.K), o32, o16))
         else:
             kind = FLOAT_KERNELS[w.qtype][1]
@@ -332,6 +363,10 @@ class CupyBackend(Backend):
             self._launch("matvec.hip", f"matvec_{BLOCK_KERNELS[w.qtype]}", grid, block,
                          (w.data, np.int64(w.row_bytes), xq, xd, xs, y, b, np.int32(N), np.int32(K),
                           np.int32(T), idp, np.int32(x_div), np.int64(expert_bytes)))
+        elif w.qtype in FGROUP_KERNELS:
+            self._launch("matvec.hip", f"matvec_{FGROUP_KERNELS[w.qtype]}", grid, block,
+                         (w.data, np.int64(w.row_bytes), x, y, b, np.int32(N), np.int32(K), np.int32(T), idp,
+                          np.int32(x_div), np.int64(N * w.row_bytes)))
         else:
             self._launch("matvec.hip", f"matvec_{FLOAT_KERNELS[w.qtype][0]}", grid, block,
                          (w.data, x, y, b, np.int32(N), np.int32(K), np.int32(T), idp, np.int32(x_div),
@@ -342,7 +377,7 @@ class CupyBackend(Backend):
         cp = self.cp
         if w.qtype == "F32":
             y = x @ w.typed(cp).reshape(-1, w.K).T
-        elif w.qtype in F32_GEMM:
+        elif w.f32_gemm:
             y = x @ self.dequant(w, dtype="f32").T
         else:
             w16 = w.typed(cp).reshape(-1, w.K) if w.qtype == "F16" else self.dequant(w, dtype="f16")

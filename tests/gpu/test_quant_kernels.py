@@ -9,8 +9,14 @@ from .helpers import check, rand
 
 pytestmark = pytest.mark.gpu
 
+# OCP MX formats (rocmforge.quant.mx): MX_INT decode to int8 groups (dp4a matvec with int8
+# activations), MX_FLOAT to floats (float matvec against float32 x)
+MX_INT = ["MXINT8", "MXFP4_E2M1", "MXFP6_E2M3"]
+MX_FLOAT = ["MXFP8_E4M3", "MXFP8_E5M2", "MXFP6_E3M2"]
+MX = MX_INT + MX_FLOAT
 FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-           "IQ4_NL", "IQ4_XS", "MXFP4", "F32", "F16", "BF16"]
+           "IQ4_NL", "IQ4_XS", "MXFP4", "F32", "F16", "BF16"] + MX
+FLOAT_X = ("F32", "F16", "BF16", *MX_FLOAT)     # matvecs that read x in float32
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,11 @@ def _case(qtype, N, K, seed):
 def test_dequant(gb, qtype):
     raw, ref = _case(qtype, 37, 512, 1)
     w = gb.weight_from_array(qtype, (37, 512), raw)
-    check(gb.to_numpy(gb.dequant(w)), ref, 1e-12, f"{qtype} dequant f32")
+    got = gb.to_numpy(gb.dequant(w))
+    check(got, ref, 1e-12, f"{qtype} dequant f32")
+    if qtype in MX:
+        assert w.qtype == qtype, f"{qtype} was not kept quantised on the GPU ({w.qtype})"
+        assert np.array_equal(got, ref), f"{qtype} dequant f32 not bit-exact"
     if np.abs(ref).max() < 60000:      # random MXFP4 scales can exceed the fp16 range
         check(gb.to_numpy(gb.dequant(w, dtype="f16")).astype(np.float32), ref, 1e-6, f"{qtype} dequant f16")
     rows = np.array([36, 0, 5, 5], np.int64)
@@ -49,7 +59,7 @@ def test_matvec(gb, qtype, N, K, T):
     w = gb.weight_from_array(qtype, (N, K), raw)
     got = gb.to_numpy(gb.linear(gb.upload(x), w, gb.upload(bias)))
     ref = x.astype(np.float64) @ wref.T.astype(np.float64) + bias
-    if T <= 8 and qtype not in ("F32", "F16", "BF16"):
+    if T <= 8 and qtype not in FLOAT_X:
         # the kernel's own arithmetic, exactly: activations quantised to int8 blocks of 32 as on the GPU
         xb = x.reshape(T, -1, 32)
         d = np.abs(xb).max(-1, keepdims=True) / 127
@@ -58,3 +68,64 @@ def test_matvec(gb, qtype, N, K, T):
         check(got, ref_q, 1e-6, f"{qtype} matvec vs int8-activation reference N={N} K={K} T={T}")
     if N >= 64:   # one dot product alone says little about the activation-quantisation error
         check(got, ref, 5e-4, f"{qtype} matvec N={N} K={K} T={T}")
+    if qtype in MX_FLOAT:   # float weights x float activations: only float32 rounding
+        check(got, ref, 1e-9 if T <= 8 else 5e-4, f"{qtype} float matvec N={N} K={K} T={T}")
+
+
+@pytest.mark.parametrize("qtype", MX)
+def test_mx_every_code(gb, qtype):
+    """Fully random bytes: every element code (E4M3 NaN, E5M2 inf/NaN) and every scale, 0xFF too."""
+    from rocmforge.quant import dequantize, nbytes
+
+    N, K = 40, 1024
+    raw = np.random.default_rng(11).integers(0, 256, nbytes(qtype, (N, K)), dtype=np.uint8)
+    ref = dequantize(raw, qtype, (N, K))
+    w = gb.weight_from_array(qtype, (N, K), raw)
+    got = gb.to_numpy(gb.dequant(w))
+    assert np.array_equal(got, ref, equal_nan=True), f"{qtype}: {(got != ref).sum()} values differ"
+
+
+@pytest.mark.parametrize("qtype", MX)
+def test_mx_nan_scale(gb, qtype):
+    """A block whose E8M0 scale is 0xFF decodes to 32 NaNs; a row holding one gets a NaN dot product."""
+    from rocmforge.quant import get_format
+
+    N, K = 70, 512
+    raw, ref = _case(qtype, N, K, 5)
+    blocks = raw.reshape(N, K // 32, get_format(qtype).type_size)
+    nan_rows = [3, 17, 69]
+    for r in nan_rows:
+        blocks[r, r % (K // 32), 0] = 0xFF
+    w = gb.weight_from_array(qtype, (N, K), raw)
+    got = gb.to_numpy(gb.dequant(w))
+    want = np.zeros((N, K), bool)
+    for r in nan_rows:
+        g = r % (K // 32)
+        want[r, g * 32:(g + 1) * 32] = True
+    assert np.array_equal(np.isnan(got), want)
+    assert np.array_equal(got[~want], ref[~want])
+    for T in (1, 3, 20):   # matvec (T <= 8) and the prefill GEMM
+        x = rand(np.random.default_rng(T), T, K)
+        y = gb.to_numpy(gb.linear(gb.upload(x), w))
+        bad = np.isnan(y).any(axis=0)
+        assert np.array_equal(np.nonzero(bad)[0], nan_rows), f"{qtype} T={T}: NaN rows {np.nonzero(bad)[0]}"
+        ok = [r for r in range(N) if r not in nan_rows]
+        assert np.isfinite(y[:, ok]).all()
+
+
+@pytest.mark.parametrize("qtype", MX)
+def test_mx_prefill_fp16_and_f32(gb, qtype):
+    """Moderate scales take the fp16 GEMM, scales past the fp16 range the float32 one; both right."""
+    from rocmforge.quant import dequantize, get_format
+
+    N, K, T = 96, 512, 24
+    x = rand(np.random.default_rng(2), T, K)
+    for lo, want_f32 in ((120, False), (150, True)):
+        raw, _ = _case(qtype, N, K, lo)
+        blocks = raw.reshape(-1, get_format(qtype).type_size)
+        blocks[:, 0] = np.random.default_rng(lo).integers(lo, lo + 4, len(blocks), dtype=np.uint8)
+        wref = dequantize(raw, qtype, (N, K))
+        w = gb.weight_from_array(qtype, (N, K), raw)
+        assert w.f32_gemm == want_f32
+        got = gb.to_numpy(gb.linear(gb.upload(x), w))
+        check(got, x.astype(np.float64) @ wref.T.astype(np.float64), 5e-4, f"{qtype} prefill scale {lo}")
