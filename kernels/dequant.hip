@@ -8,7 +8,7 @@
 // Block formats, dequant_<fmt>: one thread per 32-weight group, grid-stride
 // over n_rows * K/32 groups; each thread decodes its group (rf_quant.h) and
 // writes 32 consecutive outputs.
-// Float-group formats (OCP MXFP8, MXFP6 E3M2), dequant_<fmt>: the same, decoding to floats.
+// OCP MX formats, dequant_<fmt>: the same, decoding exactly to floats (rf_xgroup_*).
 // Float formats, dequant_{f32,f16,bf16}: one thread per element, grid-stride.
 #include "rf_common.h"
 #include "rf_quant.h"
@@ -38,7 +38,7 @@ extern "C" __global__ void dequant_##fmt(const rf_u8* __restrict__ W, rf_i64 row
 
 RF_FOR_EACH_BLOCK_FORMAT(RF_DEQUANT_BLOCK)
 
-// block formats decoded straight to floats (OCP MXFP8, MXFP6 E3M2): same launch as above
+// OCP MX formats, decoded exactly to floats (rf_xgroup_*, FTZ-proof): same launch as above
 #define RF_DEQUANT_FGROUP(fmt)                                                                        \
 extern "C" __global__ void dequant_##fmt(const rf_u8* __restrict__ W, rf_i64 row_bytes,               \
         const long long* __restrict__ rows, rf_i64 n_rows, int K, float* __restrict__ out32,          \
@@ -49,7 +49,7 @@ extern "C" __global__ void dequant_##fmt(const rf_u8* __restrict__ W, rf_i64 row
         const rf_i64 r = i / NG, g = i - r * NG;                                                      \
         const rf_i64 src = rows ? rows[r] : r;                                                        \
         float v[32];                                                                                  \
-        rf_fgroup_##fmt(W + src * row_bytes, g, v);                                                   \
+        rf_xgroup_##fmt(W + src * row_bytes, g, v);                                                   \
         const rf_i64 o = r * K + g * 32;                                                              \
         _Pragma("unroll") for (int j = 0; j < 32; ++j) {                                              \
             if (out32) out32[o + j] = v[j]; else out16[o + j] = rf_f2h(v[j]);                         \
@@ -57,7 +57,7 @@ extern "C" __global__ void dequant_##fmt(const rf_u8* __restrict__ W, rf_i64 row
     }                                                                                                 \
 }
 
-RF_FOR_EACH_FLOAT_GROUP_FORMAT(RF_DEQUANT_FGROUP)
+RF_FOR_EACH_MX_FORMAT(RF_DEQUANT_FGROUP)
 
 // kind: 0 = f32, 1 = f16, 2 = bf16 elements
 RF_DEV float rf_plain(const rf_u8* W, rf_i64 i, int kind) {

@@ -339,37 +339,98 @@ RF_DEV float rf_fp8_e5m2(rf_u32 c) {
     return rf_minifloat<5, 2, 15>(c);
 }
 
-// element value first, then times X (the CPU's order: bit-identical results)
-RF_DEV void rf_fgroup_mx_fp8_e4m3(const rf_u8* row, rf_i64 g, float* v) {
-    const rf_u8* b = row + g * 33;
-    const float X = rf_e8m0(b[0]);
-#pragma unroll
-    for (int i = 0; i < 32; ++i) v[i] = rf_fp8_e4m3(b[1 + i]) * X;
+// exact v * 2^k (IEEE, round to nearest even into the subnormals) in integer arithmetic, for v a
+// normal float, +-0, inf or NaN (MX element values are never float32 subnormals). No float multiply:
+// CuPy compiles CUDA kernels with -ftz=true, which would flush the subnormal results of tiny E8M0 scales.
+RF_DEV float rf_ldexp_exact(float v, int k) {
+    const rf_u32 b = __float_as_uint(v);
+    const rf_u32 s = b & 0x80000000u;
+    const int E = (int)((b >> 23) & 0xFFu);
+    if (E == 0xFF || (b & 0x7FFFFFFFu) == 0u) return v;
+    const int E2 = E + k;
+    if (E2 >= 0xFF) return __uint_as_float(s | 0x7F800000u);
+    if (E2 >= 1) return __uint_as_float(s | ((rf_u32)E2 << 23) | (b & 0x7FFFFFu));
+    const int sh = 1 - E2;
+    if (sh > 25) return __uint_as_float(s);
+    const rf_u32 m = (b & 0x7FFFFFu) | 0x800000u;
+    rf_u32 q = m >> sh;
+    const rf_u32 rem = m & ((1u << sh) - 1u), half = 1u << (sh - 1);
+    if (rem > half || (rem == half && (q & 1u))) ++q;
+    return __uint_as_float(s | q);
 }
 
-RF_DEV void rf_fgroup_mx_fp8_e5m2(const rf_u8* row, rf_i64 g, float* v) {
-    const rf_u8* b = row + g * 33;
-    const float X = rf_e8m0(b[0]);
+// the 32 element values of an MX block (before the shared scale); b points at the block
+RF_DEV void rf_mx_elems_mx_int8(const rf_u8* b, float* el) {
 #pragma unroll
-    for (int i = 0; i < 32; ++i) v[i] = rf_fp8_e5m2(b[1 + i]) * X;
+    for (int i = 0; i < 32; ++i) el[i] = (float)(int)(signed char)b[1 + i] * 0.015625f;
 }
-
-RF_DEV void rf_fgroup_mx_fp6_e3m2(const rf_u8* row, rf_i64 g, float* v) {
-    const rf_u8* b = row + g * 25;
-    const float X = rf_e8m0(b[0]);
+RF_DEV void rf_mx_elems_mx_fp4(const rf_u8* b, float* el) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const rf_u32 c = b[1 + j];
+        el[2 * j] = (float)rf_tab16(RF_KV_MXFP4, c & 15u) * 0.5f;
+        el[2 * j + 1] = (float)rf_tab16(RF_KV_MXFP4, c >> 4) * 0.5f;
+    }
+}
+RF_DEV void rf_mx_elems_mx_fp6_e2m3(const rf_u8* b, float* el) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
         const rf_u32 w = rf_ld_u24(b + 1 + 3 * k);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) v[4 * k + i] = rf_minifloat<3, 2, 3>((w >> (6 * i)) & 63) * X;
+        for (int i = 0; i < 4; ++i) el[4 * k + i] = (float)rf_e2m3_x8((w >> (6 * i)) & 63) * 0.125f;
     }
 }
+RF_DEV void rf_mx_elems_mx_fp6_e3m2(const rf_u8* b, float* el) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const rf_u32 w = rf_ld_u24(b + 1 + 3 * k);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) el[4 * k + i] = rf_minifloat<3, 2, 3>((w >> (6 * i)) & 63);
+    }
+}
+RF_DEV void rf_mx_elems_mx_fp8_e4m3(const rf_u8* b, float* el) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) el[i] = rf_fp8_e4m3(b[1 + i]);
+}
+RF_DEV void rf_mx_elems_mx_fp8_e5m2(const rf_u8* b, float* el) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) el[i] = rf_fp8_e5m2(b[1 + i]);
+}
 
-// X-macro of every block format with an RfGroup decoder (int8 dp4a matvec)
+// block bytes of each MX format
+#define RF_MX_BYTES_mx_int8 33
+#define RF_MX_BYTES_mx_fp4 17
+#define RF_MX_BYTES_mx_fp6_e2m3 25
+#define RF_MX_BYTES_mx_fp6_e3m2 25
+#define RF_MX_BYTES_mx_fp8_e4m3 33
+#define RF_MX_BYTES_mx_fp8_e5m2 33
+
+// rf_fgroup_<fmt>: element value times X in float (the float matvec; subnormal products may flush)
+// rf_xgroup_<fmt>: the exact values, bit-identical to rocmforge.quant.mx.decode_blocks (dequant)
+#define RF_MX_GROUPS(fmt)                                                                             \
+RF_DEV void rf_fgroup_##fmt(const rf_u8* row, rf_i64 g, float* v) {                                  \
+    const rf_u8* b = row + g * RF_MX_BYTES_##fmt;                                                     \
+    const float X = rf_e8m0(b[0]);                                                                    \
+    rf_mx_elems_##fmt(b, v);                                                                          \
+    _Pragma("unroll") for (int i = 0; i < 32; ++i) v[i] *= X;                                         \
+}                                                                                                     \
+RF_DEV void rf_xgroup_##fmt(const rf_u8* row, rf_i64 g, float* v) {                                  \
+    const rf_u8* b = row + g * RF_MX_BYTES_##fmt;                                                     \
+    const rf_u32 e = b[0];                                                                            \
+    rf_mx_elems_##fmt(b, v);                                                                          \
+    _Pragma("unroll") for (int i = 0; i < 32; ++i)                                                    \
+        v[i] = e == 0xFFu ? __uint_as_float(0x7FC00000u) : rf_ldexp_exact(v[i], (int)e - 127);        \
+}
+
+// X-macros. GGUF block formats: RfGroup decoder for the dp4a matvec and the dequant.
 #define RF_FOR_EACH_BLOCK_FORMAT(X) \
     X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q8_0) X(iq4_nl) X(mxfp4) \
-    X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k) X(iq4_xs) \
-    X(mx_int8) X(mx_fp4) X(mx_fp6_e2m3)
-
-// X-macro of the block formats decoded to floats (rf_fgroup_*: float matvec)
+    X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k) X(iq4_xs)
+// OCP MX formats with an RfGroup decoder (dp4a matvec)
+#define RF_FOR_EACH_MX_INT_FORMAT(X) X(mx_int8) X(mx_fp4) X(mx_fp6_e2m3)
+// block formats decoded to floats (rf_fgroup_*: float matvec)
 #define RF_FOR_EACH_FLOAT_GROUP_FORMAT(X) X(mx_fp8_e4m3) X(mx_fp8_e5m2) X(mx_fp6_e3m2)
+// every OCP MX format (rf_xgroup_*: exact dequant)
+#define RF_FOR_EACH_MX_FORMAT(X) X(mx_int8) X(mx_fp4) X(mx_fp6_e2m3) X(mx_fp8_e4m3) X(mx_fp8_e5m2) X(mx_fp6_e3m2)
+
+RF_FOR_EACH_MX_FORMAT(RF_MX_GROUPS)
