@@ -79,7 +79,8 @@ def make_llama(path: str, n_layer=32, d=4096, ff=11008, n_head=32, n_kv=32, voca
     print(f"wrote {path}: {Path(path).stat().st_size / 1e9:.2f} GB in {time.time() - t0:.0f} s", flush=True)
 
 
-def bench(path: str, n_prompt: int, n_gen: int, repeat: int, device: str = "gpu") -> dict:
+def bench(path: str, n_prompt: int, n_gen: int, repeat: int, device: str = "gpu",
+          modes=("eager", "graph", "eager", "graph"), configs=(None,)) -> dict:
     import rocmforge
     from rocmforge.backends.cupy_graph import DecodeGraph
     from rocmforge.cli.bench import measure
@@ -97,7 +98,15 @@ def bench(path: str, n_prompt: int, n_gen: int, repeat: int, device: str = "gpu"
         res["card"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     except Exception:  # noqa: BLE001
         pass
-    for mode in ("eager", "graph", "eager", "graph"):
+    runs = [(m, c) for c in configs for m in modes]
+    for mode, cfg in runs:
+        if cfg is not None:
+            from gpu_ops import configure
+
+            configure(model.backend, cfg)
+            mode_key = f"{mode}:{cfg}"
+        else:
+            mode_key = mode
         model.backend.graphs = mode == "graph"
         r = measure(model, n_prompt, n_gen, repeat)
         # did the graph run replay? (one more session, a few steps)
@@ -108,8 +117,8 @@ def bench(path: str, n_prompt: int, n_gen: int, repeat: int, device: str = "gpu"
         state = getattr(s.cache, "graph", None)
         r["graph_state"] = (f"replays {state.replays}" if isinstance(state, DecodeGraph)
                             else getattr(state, "why", repr(state)))
-        res.setdefault(mode, []).append(r)
-        print(f"{mode:5s}: pp{n_prompt} {r['pp_tps']:8.1f} t/s   tg{n_gen} {r['tg_tps']:8.1f} t/s "
+        res.setdefault(mode_key, []).append(r)
+        print(f"{mode_key:5s}: pp{n_prompt} {r['pp_tps']:8.1f} t/s   tg{n_gen} {r['tg_tps']:8.1f} t/s "
               f"(runs {', '.join(f'{x:.1f}' for x in r['tg_runs'])}; {r['graph_state']})", flush=True)
     return res
 
@@ -128,11 +137,15 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="gpu")
     ap.add_argument("--json")
+    ap.add_argument("--modes", default="eager,graph,eager,graph", help="comma list of eager / graph runs")
+    ap.add_argument("--configs", help="comma list of gpu_ops.CONFIGS matvec configurations to compare")
     a = ap.parse_args()
     if a.make:
         make_llama(a.make, a.layers, a.dim, a.ff, a.heads, a.heads, a.vocab)
         return
-    res = bench(a.model, a.prompt, a.gen, a.repeat, a.device)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    res = bench(a.model, a.prompt, a.gen, a.repeat, a.device, tuple(a.modes.split(",")),
+                tuple(a.configs.split(",")) if a.configs else (None,))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
 

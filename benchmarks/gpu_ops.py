@@ -22,7 +22,25 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-           "IQ4_NL", "IQ4_XS", "MXFP4", "F16", "BF16", "F32"]
+           "IQ4_NL", "IQ4_XS", "MXFP4", "F16", "BF16", "F32",
+           "MXINT8", "MXFP4_E2M1", "MXFP6_E2M3", "MXFP6_E3M2", "MXFP8_E4M3", "MXFP8_E5M2"]
+
+# matvec launch configurations for --sweep: name -> CupyBackend attributes
+CONFIGS = {
+    "legacy": dict(mv_t1=False, act_cache=False, mv_rpw=1, mv_unroll=1),
+    "t1": dict(mv_t1=True, act_cache=True, mv_rpw=1, mv_unroll=1),
+    "t1-u2": dict(mv_t1=True, act_cache=True, mv_rpw=1, mv_unroll=2),
+    "t1-u4": dict(mv_t1=True, act_cache=True, mv_rpw=1, mv_unroll=4),
+    "t1-r2": dict(mv_t1=True, act_cache=True, mv_rpw=2, mv_unroll=1),
+    "t1-r2-u2": dict(mv_t1=True, act_cache=True, mv_rpw=2, mv_unroll=2),
+    "t1-r4": dict(mv_t1=True, act_cache=True, mv_rpw=4, mv_unroll=1),
+    "t1-w8": dict(mv_t1=True, act_cache=True, mv_rpw=1, mv_unroll=2, mv_rows=8),
+}
+
+
+def configure(be, name):
+    for k, v in CONFIGS[name].items():
+        setattr(be, k, v)
 
 
 def _graph(cp, fn):
@@ -72,29 +90,41 @@ def timeit(cp, fn, reps=20, iters=5, graph=True):
     return float(np.median(times))
 
 
-def bench_matvec(be, cp, formats, shapes):
+def bench_matvec(be, cp, formats, shapes, configs=(None,), eager=True, ref=True):
     from rocmforge.quant import nbytes
     from rocmforge.quant.samples import random_blocks
 
     rows = []
     for (N, K) in shapes:
-        x = be.upload(np.random.default_rng(0).standard_normal((1, K)).astype(np.float32))
+        # several activation rows, rotated: a fresh x per call (as in decode) is quantised each time
+        xs = [be.upload(np.random.default_rng(i).standard_normal((1, K)).astype(np.float32)) for i in range(4)]
+        x = xs[0]
         for q in formats:
             raw = random_blocks(q, (N, K), 1)
             w = be.weight_from_array(q, (N, K), raw)
-            t = timeit(cp, lambda: be.linear(x, w))
-            te = timeit(cp, lambda: be.linear(x, w), graph=False)
-            b = nbytes(q, (N, K))
-            rows.append({"format": q, "N": N, "K": K, "us": t * 1e6, "GBps": b / t / 1e9, "eager_us": te * 1e6})
-            print(f"matvec {q:7s} {N:6d}x{K:<6d} {t * 1e6:8.1f} us {b / t / 1e9:8.1f} GB/s  "
-                  f"(eager {te * 1e6:6.1f} us)", flush=True)
+            for cfg in configs:
+                if cfg is not None:
+                    configure(be, cfg)
+                be.linear(x, w)
+                be._act_q8 = None
+                t = timeit(cp, lambda w=w, xs=xs: [be.linear(xx, w) for xx in xs]) / len(xs)
+                te = timeit(cp, lambda w=w, x=x: be.linear(x, w), graph=False) if eager else float("nan")
+                b = nbytes(q, (N, K))
+                rows.append({"format": q, "N": N, "K": K, "config": cfg, "us": t * 1e6, "GBps": b / t / 1e9,
+                             "eager_us": te * 1e6})
+                print(f"matvec {q:10s} {N:6d}x{K:<6d} {cfg or '':9s} {t * 1e6:8.1f} us {b / t / 1e9:8.1f} GB/s  "
+                      f"(eager {te * 1e6:6.1f} us)", flush=True)
             del w
+        if not ref:
+            continue
         # reference points: fp16 cuBLAS gemv and a device copy of the same bytes
         w16 = cp.asarray(np.random.default_rng(2).standard_normal((N, K)).astype(np.float16))
         x16 = x.astype(cp.float16)
-        t = timeit(cp, lambda: w16 @ x16.T)
+        t = timeit(cp, lambda w16=w16, x16=x16: w16 @ x16.T)
         rows.append({"format": "cuBLAS-f16", "N": N, "K": K, "us": t * 1e6, "GBps": N * K * 2 / t / 1e9})
         print(f"matvec cuBLAS f16 {N}x{K} {t * 1e6:8.1f} us {N * K * 2 / t / 1e9:8.1f} GB/s", flush=True)
+    if not ref:
+        return rows
     a = cp.empty(1 << 30, cp.uint8)
     b = cp.empty_like(a)
     t = timeit(cp, lambda: cp.copyto(b, a), reps=5, graph=False)
@@ -103,7 +133,7 @@ def bench_matvec(be, cp, formats, shapes):
     return rows
 
 
-def bench_decode(be, cp, n_layer=32, ctx=512, wq="Q4_K", hq="Q6_K"):
+def bench_decode(be, cp, n_layer=32, ctx=512, wq="Q4_K", hq="Q6_K", configs=(None,)):
     from rocmforge.quant import nbytes
     from rocmforge.quant.samples import random_blocks
 
@@ -135,16 +165,22 @@ def bench_decode(be, cp, n_layer=32, ctx=512, wq="Q4_K", hq="Q6_K"):
             x = be.add(x, be.linear(be.act_mul(be.linear(h, L["gate"]), be.linear(h, L["up"]), "silu"), L["down"]))
         return be.linear(be.rms_norm(x, norm, 1e-5), head)
 
-    t = timeit(cp, step, reps=5, iters=3)
-    te = timeit(cp, step, reps=5, iters=3, graph=False)
     wbytes = n_layer * sum(nbytes(wq, s) for s in shapes.values()) + nbytes(hq, (V, d))
     kvbytes = n_layer * 2 * ctx * Hkv * D * 2
-    out = {"n_layer": n_layer, "ctx": ctx, "ms": t * 1e3, "tok_s": 1 / t, "eager_ms": te * 1e3,
-           "weight_GB": wbytes / 1e9, "GBps": (wbytes + kvbytes) / t / 1e9}
-    print(f"decode step 7B {wq} ({n_layer} layers, ctx {ctx}): graph {t * 1e3:.2f} ms = {1 / t:.1f} tok/s, "
-          f"{(wbytes + kvbytes) / t / 1e9:.0f} GB/s effective; eager {te * 1e3:.2f} ms = {1 / te:.1f} tok/s",
-          flush=True)
-    return out
+    outs = []
+    for cfg in configs:
+        if cfg is not None:
+            configure(be, cfg)
+        be._act_q8 = None
+        t = timeit(cp, step, reps=5, iters=3)
+        te = timeit(cp, step, reps=5, iters=3, graph=False) if cfg is None else float("nan")
+        out = {"config": cfg, "n_layer": n_layer, "ctx": ctx, "ms": t * 1e3, "tok_s": 1 / t, "eager_ms": te * 1e3,
+               "weight_GB": wbytes / 1e9, "GBps": (wbytes + kvbytes) / t / 1e9}
+        print(f"decode step 7B {wq} ({n_layer} layers, ctx {ctx}) {cfg or ''}: graph {t * 1e3:.2f} ms = "
+              f"{1 / t:.1f} tok/s, {(wbytes + kvbytes) / t / 1e9:.0f} GB/s effective; "
+              f"eager {te * 1e3:.2f} ms = {1 / te:.1f} tok/s", flush=True)
+        outs.append(out)
+    return outs[0] if len(outs) == 1 else outs
 
 
 def main():
@@ -157,15 +193,29 @@ def main():
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--no-decode", action="store_true")
+    ap.add_argument("--sweep", help="comma list of matvec configurations (CONFIGS) to compare, or 'all'")
+    ap.add_argument("--wq", default="Q4_K", help="weight format of the synthetic decode step")
     a = ap.parse_args()
     be = CupyBackend()
     props = cp.cuda.runtime.getDeviceProperties(0)
     card = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     print(f"card: {card}, warp {be.warp}, {be.n_sm} SMs", flush=True)
     t0 = time.time()
-    res = {"card": card, "matvec": bench_matvec(be, cp, a.formats.split(","), [(4096, 4096), (11008, 4096)])}
-    if not a.no_decode:
-        res["decode"] = bench_decode(be, cp, a.layers)
+    shapes = [(4096, 4096), (11008, 4096)]
+    if a.sweep:
+        cfgs = list(CONFIGS) if a.sweep == "all" else a.sweep.split(",")
+        res = {"card": card, "matvec": bench_matvec(be, cp, a.formats.split(","), shapes, cfgs, eager=False, ref=False)}
+        if not a.no_decode:
+            res["decode"] = bench_decode(be, cp, a.layers, wq=a.wq, configs=cfgs)
+        summary = {}
+        for r in res["matvec"]:
+            summary.setdefault(r["config"], []).append(f"{r['format']} {r['N']}: {r['GBps']:.0f}")
+        for c, v in summary.items():
+            print(f"sweep {c:9s} GB/s  " + ", ".join(v), flush=True)
+    else:
+        res = {"card": card, "matvec": bench_matvec(be, cp, a.formats.split(","), shapes)}
+        if not a.no_decode:
+            res["decode"] = bench_decode(be, cp, a.layers, wq=a.wq)
     res["seconds"] = time.time() - t0
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))

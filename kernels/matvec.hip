@@ -7,96 +7,148 @@
 // block formats then use int8 dot products (rf_dp4a), float formats (F32,
 // F16, BF16) read x in float32 directly.
 //
-// Launch: block (RF_WARP, RF_MV_ROWS): one warp per output row, row =
-// blockIdx.x * blockDim.y + threadIdx.y; grid.x = ceil(N / blockDim.y).
-// Each lane walks the row's 32-weight groups g = lane, lane + RF_WARP, ...,
-// decodes its group once and dots it with every column t < T, then the warp
-// reduces and lane 0 writes y[t * N + row] (+ bias[row]).
+// Launch: block (RF_WARP, RF_MV_ROWS). Block formats: one warp per RF_MV_RPW
+// consecutive output rows, row0 = (blockIdx.x * blockDim.y + threadIdx.y) * RF_MV_RPW,
+// grid.x = ceil(N / (blockDim.y * RF_MV_RPW)); float formats: one warp per row.
+// Each lane walks the rows' 32-weight groups g = lane, lane + RF_WARP, ...
+// (RF_MV_UNROLL groups decoded before their dot products), dots each with every
+// column t < T (the activation group loaded once for all RF_MV_RPW rows), then
+// the warp reduces and lane 0 writes y[t * N + row] (+ bias[row]).
 // MoE mode (ids != NULL): grid.y = P (token, expert) pairs, each one column:
 // x row p / x_div, weights of expert ids[p] (expert_bytes apart), y[p * N + row].
 #include "rf_common.h"
 #include "rf_quant.h"
 
 #ifndef RF_MV_MAXT
-#define RF_MV_MAXT 8
+#define RF_MV_MAXT 8      /* columns (tokens) per launch; the backend compiles a MAXT=1 module for T = 1 */
+#endif
+#ifndef RF_MV_RPW
+#define RF_MV_RPW 1       /* rows per warp (block formats): each activation group is loaded once for them */
+#endif
+#ifndef RF_MV_UNROLL
+#define RF_MV_UNROLL 1    /* groups per lane decoded (loads issued) before the dot products */
 #endif
 
-// one thread per 32-element group of x: int8 quantisation with a per-group scale
+// 8 threads per 32-element group of x (a float4 each): int8 quantisation with a per-group scale.
+// Group g: xq[8g..8g+7] int8x4, xd[g] = amax/127, xs[2g], xs[2g+1] = d * sums of the two halves.
 extern "C" __global__ void quantize_act_q8(const float* __restrict__ x, int* __restrict__ xq,
                                            float* __restrict__ xd, float* __restrict__ xs, rf_i64 n_groups) {
-    for (rf_i64 g = rf_gid(); g < n_groups; g += rf_gstride()) {
-        const float4* src = (const float4*)(x + g * 32);
-        float v[32];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            float4 f = src[i];
-            v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
-        }
-        float amax = 0.f;
-#pragma unroll
-        for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(v[i]));
+    const rf_i64 n = n_groups * 8;
+    // whole warps stay in the loop (full-warp shuffles); blockDim.x is a multiple of RF_WARP
+    for (rf_i64 i = rf_gid(); i - (rf_i64)(threadIdx.x % RF_WARP) < n; i += rf_gstride()) {
+        const bool live = i < n;
+        float4 f;
+        f.x = f.y = f.z = f.w = 0.f;
+        if (live) f = ((const float4*)x)[i];
+        float amax = fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w)));
+        amax = fmaxf(amax, rf_shfl_xor(amax, 1));
+        amax = fmaxf(amax, rf_shfl_xor(amax, 2));
+        amax = fmaxf(amax, rf_shfl_xor(amax, 4));
         const float d = amax / 127.f;
         const float id = d > 0.f ? 1.f / d : 0.f;
-        int s0 = 0, s1 = 0;
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-            int q0 = __float2int_rn(v[4 * k] * id), q1 = __float2int_rn(v[4 * k + 1] * id);
-            int q2 = __float2int_rn(v[4 * k + 2] * id), q3 = __float2int_rn(v[4 * k + 3] * id);
-            if (k < 4) s0 += q0 + q1 + q2 + q3; else s1 += q0 + q1 + q2 + q3;
-            xq[g * 8 + k] = rf_pack4(q0, q1, q2, q3);
+        const int q0 = __float2int_rn(f.x * id), q1 = __float2int_rn(f.y * id);
+        const int q2 = __float2int_rn(f.z * id), q3 = __float2int_rn(f.w * id);
+        int s = q0 + q1 + q2 + q3;
+        s += rf_shfl_xor(s, 1);
+        s += rf_shfl_xor(s, 2);
+        if (live) {
+            xq[i] = rf_pack4(q0, q1, q2, q3);
+            const rf_i64 g = i >> 3;
+            if ((i & 7) == 0) xd[g] = d;
+            if ((i & 3) == 0) xs[2 * g + ((i >> 2) & 1)] = d * (float)s;
         }
-        xd[g] = d;
-        xs[2 * g] = d * (float)s0;
-        xs[2 * g + 1] = d * (float)s1;
+    }
+}
+
+// One warp per RF_MV_RPW consecutive rows, row0 = (blockIdx.x * blockDim.y + threadIdx.y) * RF_MV_RPW.
+template <class D>
+RF_DEV void rf_matvec_block(const rf_u8* __restrict__ W, rf_i64 row_bytes, const int* __restrict__ xq,
+                            const float* __restrict__ xd, const float* __restrict__ xs, float* __restrict__ y,
+                            const float* __restrict__ bias, int N, int K, int T, const int* __restrict__ ids,
+                            int x_div, rf_i64 expert_bytes) {
+    const int row0 = (blockIdx.x * blockDim.y + threadIdx.y) * RF_MV_RPW;
+    if (row0 >= N) return;
+    const int lane = threadIdx.x;
+    const rf_i64 NG = K / 32;
+    const rf_u8* wbase = W;
+    rf_i64 xrow0 = 0, yoff = 0;
+    int nt = T;
+    if (ids) {
+        const int p = blockIdx.y;
+        wbase += (rf_i64)ids[p] * expert_bytes;
+        xrow0 = p / x_div; yoff = (rf_i64)p * N; nt = 1;
+    }
+    const rf_u8* wrow[RF_MV_RPW];
+#pragma unroll
+    for (int r = 0; r < RF_MV_RPW; ++r) wrow[r] = wbase + (rf_i64)min(row0 + r, N - 1) * row_bytes;
+    float acc[RF_MV_RPW][RF_MV_MAXT];
+#pragma unroll
+    for (int r = 0; r < RF_MV_RPW; ++r)
+#pragma unroll
+        for (int t = 0; t < RF_MV_MAXT; ++t) acc[r][t] = 0.f;
+    for (rf_i64 g0 = lane; g0 < NG; g0 += RF_WARP * RF_MV_UNROLL) {
+        RfGroup G[RF_MV_UNROLL][RF_MV_RPW];
+#pragma unroll
+        for (int u = 0; u < RF_MV_UNROLL; ++u) {
+            const rf_i64 g = g0 + u * RF_WARP;
+            if (u == 0 || g < NG) {
+#pragma unroll
+                for (int r = 0; r < RF_MV_RPW; ++r) D::group(wrow[r], g, G[u][r]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < RF_MV_UNROLL; ++u) {
+            const rf_i64 g = g0 + u * RF_WARP;
+            if (u == 0 || g < NG) {
+#pragma unroll
+                for (int t = 0; t < RF_MV_MAXT; ++t) {
+                    if (t < nt) {
+                        const rf_i64 xg = (xrow0 + t) * NG + g;
+                        const int4* xv = (const int4*)(xq + xg * 8);
+                        const int4 a = xv[0], b = xv[1];
+                        const float2 sx = ((const float2*)xs)[xg];
+                        const float dx = xd[xg];
+#pragma unroll
+                        for (int r = 0; r < RF_MV_RPW; ++r) {
+                            const RfGroup& Q = G[u][r];
+                            int s0 = rf_dp4a(Q.q[0], a.x, 0); s0 = rf_dp4a(Q.q[1], a.y, s0);
+                            s0 = rf_dp4a(Q.q[2], a.z, s0); s0 = rf_dp4a(Q.q[3], a.w, s0);
+                            int s1 = rf_dp4a(Q.q[4], b.x, 0); s1 = rf_dp4a(Q.q[5], b.y, s1);
+                            s1 = rf_dp4a(Q.q[6], b.z, s1); s1 = rf_dp4a(Q.q[7], b.w, s1);
+                            acc[r][t] += dx * (Q.d[0] * (float)s0 + Q.d[1] * (float)s1)
+                                         - (Q.m[0] * sx.x + Q.m[1] * sx.y);
+                        }
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RF_MV_RPW; ++r) {
+#pragma unroll
+        for (int t = 0; t < RF_MV_MAXT; ++t) {
+            if (t < nt) {
+                const float s = rf_warp_sum(acc[r][t]);
+                if (lane == 0 && row0 + r < N)
+                    y[yoff + (rf_i64)t * N + row0 + r] = s + (bias ? bias[row0 + r] : 0.f);
+            }
+        }
     }
 }
 
 #define RF_MATVEC_BLOCK(fmt)                                                                          \
+struct rf_dec_##fmt {                                                                                 \
+    static RF_DEV void group(const rf_u8* row, rf_i64 g, RfGroup& G) { rf_group_##fmt(row, g, G); }  \
+};                                                                                                    \
 extern "C" __global__ void matvec_##fmt(const rf_u8* __restrict__ W, rf_i64 row_bytes,                \
         const int* __restrict__ xq, const float* __restrict__ xd, const float* __restrict__ xs,      \
         float* __restrict__ y, const float* __restrict__ bias, int N, int K, int T,                   \
         const int* __restrict__ ids, int x_div, rf_i64 expert_bytes) {                               \
-    const int row = blockIdx.x * blockDim.y + threadIdx.y;                                            \
-    if (row >= N) return;                                                                             \
-    const int lane = threadIdx.x;                                                                     \
-    const rf_i64 NG = K / 32;                                                                         \
-    const rf_u8* wrow = W + (rf_i64)row * row_bytes;                                                  \
-    rf_i64 xrow0 = 0; rf_i64 yoff = 0;                                                                \
-    int nt = T;                                                                                       \
-    if (ids) {                                                                                        \
-        const int p = blockIdx.y;                                                                     \
-        wrow += (rf_i64)ids[p] * expert_bytes;                                                        \
-        xrow0 = p / x_div; yoff = (rf_i64)p * N; nt = 1;                                              \
-    }                                                                                                 \
-    float acc[RF_MV_MAXT];                                                                            \
-    _Pragma("unroll") for (int t = 0; t < RF_MV_MAXT; ++t) acc[t] = 0.f;                              \
-    for (rf_i64 g = lane; g < NG; g += RF_WARP) {                                                     \
-        RfGroup G;                                                                                    \
-        rf_group_##fmt(wrow, g, G);                                                                   \
-        _Pragma("unroll") for (int t = 0; t < RF_MV_MAXT; ++t) {                                      \
-            if (t < nt) {                                                                             \
-                const rf_i64 xg = (xrow0 + t) * NG + g;                                               \
-                const int4* xv = (const int4*)(xq + xg * 8);                                          \
-                const int4 a = xv[0], b = xv[1];                                                      \
-                int s0 = rf_dp4a(G.q[0], a.x, 0); s0 = rf_dp4a(G.q[1], a.y, s0);                      \
-                s0 = rf_dp4a(G.q[2], a.z, s0); s0 = rf_dp4a(G.q[3], a.w, s0);                         \
-                int s1 = rf_dp4a(G.q[4], b.x, 0); s1 = rf_dp4a(G.q[5], b.y, s1);                      \
-                s1 = rf_dp4a(G.q[6], b.z, s1); s1 = rf_dp4a(G.q[7], b.w, s1);                         \
-                const float2 sx = ((const float2*)xs)[xg];                                            \
-                acc[t] += xd[xg] * (G.d[0] * (float)s0 + G.d[1] * (float)s1)                          \
-                          - (G.m[0] * sx.x + G.m[1] * sx.y);                                          \
-            }                                                                                         \
-        }                                                                                             \
-    }                                                                                                 \
-    _Pragma("unroll") for (int t = 0; t < RF_MV_MAXT; ++t) {                                          \
-        if (t < nt) {                                                                                 \
-            const float s = rf_warp_sum(acc[t]);                                                      \
-            if (lane == 0) y[yoff + (rf_i64)t * N + row] = s + (bias ? bias[row] : 0.f);              \
-        }                                                                                             \
-    }                                                                                                 \
+    rf_matvec_block<rf_dec_##fmt>(W, row_bytes, xq, xd, xs, y, bias, N, K, T, ids, x_div, expert_bytes); \
 }
 
 RF_FOR_EACH_BLOCK_FORMAT(RF_MATVEC_BLOCK)
+RF_FOR_EACH_MX_INT_FORMAT(RF_MATVEC_BLOCK)
 
 // ---- block formats decoded to floats (OCP MXFP8, MXFP6 E3M2): x read as float32 ---------------
 // Same launch and MoE mode as the block kernels; x (rows, K) float32 instead of int8 blocks.

@@ -60,7 +60,9 @@ F32_GEMM = {"MXFP4"}
 _F16_MAX = 65504.0
 
 MATVEC_MAX_T = 8          # must equal RF_MV_MAXT in kernels/matvec.hip
-MATVEC_ROWS = 4           # warps (rows) per matvec block
+MATVEC_ROWS = 4           # warps per matvec block
+MATVEC_RPW = 2            # rows per warp of the block-format matvecs (RF_MV_RPW; H100 sweep, RESULTS.md)
+MATVEC_UNROLL = 1         # groups per lane loaded ahead (RF_MV_UNROLL)
 DECODE_MAX_T = 4          # attention: decode kernel up to this many queries, tiled prefill beyond
 ACT_KINDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
 _ARENA_CHUNK = 256 << 20
@@ -210,6 +212,10 @@ class CupyBackend(Backend):
         # position come from device buffers; ops that need the host mark it on `_step.host`
         self._step: Any = None
         self._no_graph: Any = None   # executors whose steps cannot be captured (weakref.WeakSet)
+        # matvec launch shape (benchmarks/gpu_ops.py --sweep tries others); t1: a MAXT=1 module for T = 1
+        self.mv_rows, self.mv_rpw, self.mv_unroll, self.mv_t1 = MATVEC_ROWS, MATVEC_RPW, MATVEC_UNROLL, True
+        self.act_cache = True        # quantise an activation once for the matvecs that share it (q/k/v, gate/up)
+        self._act_q8: Any = None     # (x, (xq, xd, xs)) of the last quantised activation
 
     # ------------------------------------------------------------ compilation
     def _kernel(self, file: str, name: str, defines: tuple[tuple[str, int], ...] = ()):
@@ -336,16 +342,34 @@ class CupyBackend(Backend):
                          (w.data, np.int32(kind), rows_arg, np.int64(n_rows), np.int32(w.K), o32, o16))
         return out
 
-    def _quantize_act(self, x):
-        """x (R, K) float32 -> int8 blocks of 32 (xq, xd, xs) for the dp4a matvecs."""
+    def _quantize_act(self, x, defines=()):
+        """x (R, K) float32 -> int8 blocks of 32 (xq, xd, xs) for the dp4a matvecs.
+
+        The last result is kept with its input array: the matvecs that read the same
+        activation object (q/k/v, gate/up) quantise it once."""
         cp = self.cp
+        last = self._act_q8
+        if self.act_cache and last is not None and last[0] is x:
+            return last[1]
         R, K = x.shape
         ng = R * K // 32
         xq = cp.empty(ng * 8, cp.int32)
         xd = cp.empty(ng, cp.float32)
         xs = cp.empty(2 * ng, cp.float32)
-        self._launch("matvec.hip", "quantize_act_q8", (self._grid1d(ng),), (256,), (x, xq, xd, xs, np.int64(ng)))
+        self._launch("matvec.hip", "quantize_act_q8", (self._grid1d(ng * 8),), (256,),
+                     (x, xq, xd, xs, np.int64(ng)), defines)
+        self._act_q8 = (x, (xq, xd, xs)) if self.act_cache else None
         return xq, xd, xs
+
+    def _mv_defines(self, maxt: int) -> tuple[tuple[str, int], ...]:
+        d = []
+        if maxt != MATVEC_MAX_T:
+            d.append(("RF_MV_MAXT", maxt))
+        if self.mv_rpw != 1:
+            d.append(("RF_MV_RPW", self.mv_rpw))
+        if self.mv_unroll != 1:
+            d.append(("RF_MV_UNROLL", self.mv_unroll))
+        return tuple(d)
 
     def _matvec(self, x, w: GpuWeight, bias=None, ids=None, x_div=1, n_cols=None):
         """y (n_cols, N): plain mode x (T <= MATVEC_MAX_T, K); MoE mode one column per entry of ids."""
@@ -353,24 +377,29 @@ class CupyBackend(Backend):
         T = x.shape[0]
         cols = T if ids is None else int(ids.size)
         y = self._out((cols, N))
-        grid = ((N + MATVEC_ROWS - 1) // MATVEC_ROWS, 1 if ids is None else cols)
-        block = (self.warp, MATVEC_ROWS)
+        rows = self.mv_rows
+        gy = 1 if ids is None else cols
+        grid = ((N + rows - 1) // rows, gy)
+        block = (self.warp, rows)
         b = _null() if bias is None else bias
         idp = _null() if ids is None else ids
+        # MoE mode runs one column per (token, expert) pair: the T = 1 module serves it too
+        defs = self._mv_defines(1 if self.mv_t1 and (T == 1 or ids is not None) else MATVEC_MAX_T)
         if w.qtype in BLOCK_KERNELS:
-            xq, xd, xs = self._quantize_act(x)
+            xq, xd, xs = self._quantize_act(x, defs)
             expert_bytes = N * w.row_bytes
-            self._launch("matvec.hip", f"matvec_{BLOCK_KERNELS[w.qtype]}", grid, block,
+            per = rows * self.mv_rpw
+            self._launch("matvec.hip", f"matvec_{BLOCK_KERNELS[w.qtype]}", ((N + per - 1) // per, gy), block,
                          (w.data, np.int64(w.row_bytes), xq, xd, xs, y, b, np.int32(N), np.int32(K),
-                          np.int32(T), idp, np.int32(x_div), np.int64(expert_bytes)))
+                          np.int32(T), idp, np.int32(x_div), np.int64(expert_bytes)), defs)
         elif w.qtype in FGROUP_KERNELS:
             self._launch("matvec.hip", f"matvec_{FGROUP_KERNELS[w.qtype]}", grid, block,
                          (w.data, np.int64(w.row_bytes), x, y, b, np.int32(N), np.int32(K), np.int32(T), idp,
-                          np.int32(x_div), np.int64(N * w.row_bytes)))
+                          np.int32(x_div), np.int64(N * w.row_bytes)), defs)
         else:
             self._launch("matvec.hip", f"matvec_{FLOAT_KERNELS[w.qtype][0]}", grid, block,
                          (w.data, x, y, b, np.int32(N), np.int32(K), np.int32(T), idp, np.int32(x_div),
-                          np.int64(N * K)))
+                          np.int64(N * K)), defs)
         return y
 
     def _gemm(self, x, w: GpuWeight, bias=None):
