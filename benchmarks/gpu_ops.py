@@ -39,6 +39,9 @@ CONFIGS = {
 
 
 def configure(be, name):
+    from rocmforge.backends import cupy_backend as cb
+
+    be.mv_rows = cb.MATVEC_ROWS
     for k, v in CONFIGS[name].items():
         setattr(be, k, v)
 
