@@ -35,20 +35,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeviceError, RocmforgeError
+from ..quant.formats import GPU_KERNEL_SUFFIX
 from .base import Backend
 
 # quant-registry format name -> kernel suffix (matvec_<s>, dequant_<s>) of kernels/rf_quant.h
-BLOCK_KERNELS: dict[str, str] = {
-    "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0",
-    "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k",
-    "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs", "MXFP4": "mxfp4",
-    # OCP MX formats whose elements are exact int8 multiples of a power of two
-    "MXINT8": "mx_int8", "MXFP4_E2M1": "mx_fp4", "MXFP6_E2M3": "mx_fp6_e2m3",
-}
-# block formats decoded to floats (rf_fgroup_*): float matvec against float32 x, no dp4a
-FGROUP_KERNELS: dict[str, str] = {
-    "MXFP8_E4M3": "mx_fp8_e4m3", "MXFP8_E5M2": "mx_fp8_e5m2", "MXFP6_E3M2": "mx_fp6_e3m2",
-}
+# Which kernel runs a format is the quant registry's (GPU_KERNEL_SUFFIX); how it runs is ours:
+# block formats whose elements are exact int8 multiples of a power of two take the int8-activation
+# dp4a matvec; those decoded to floats (rf_fgroup_*) take a float matvec against float32 x.
+FGROUP_KERNELS: dict[str, str] = {q: GPU_KERNEL_SUFFIX[q] for q in ("MXFP8_E4M3", "MXFP8_E5M2", "MXFP6_E3M2")}
+BLOCK_KERNELS: dict[str, str] = {q: s for q, s in GPU_KERNEL_SUFFIX.items()
+                                 if q not in FGROUP_KERNELS and q not in ("F32", "F16", "BF16")}
 # OCP MX formats (E8M0 scale in byte 0 of every block): dequant/matvec on the GPU
 MX_FORMATS = {"MXINT8", "MXFP4_E2M1", "MXFP6_E2M3", "MXFP8_E4M3", "MXFP8_E5M2", "MXFP6_E3M2"}
 # plain formats: kernel suffix and the dequant_plain "kind"

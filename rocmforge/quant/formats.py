@@ -12,8 +12,10 @@ scale: F32, F16, BF16, F64, the integer I8..I64 and the safetensors FP8 types
 F8_E4M3, F8_E5M2, F8_E4M3FNUZ, F8_E5M2FNUZ) and "block" for everything with
 shared scales.
 
-GPU kernel names live in ``_GPU_KERNELS`` below; None means the format has no
-GPU kernel yet and the backend falls back to dequantizing on the CPU.
+GPU kernels (kernels/dequant.hip, kernels/matvec.hip) are named in
+``GPU_KERNEL_SUFFIX`` below: a format with suffix ``s`` has ``dequant_s`` and
+``matvec_s`` (plain float types share ``dequant_plain``). A format without one
+is dequantized on the CPU at load and runs as F32 on the GPU.
 """
 
 from __future__ import annotations
@@ -29,9 +31,21 @@ from ..errors import QuantFormatError
 from . import ggml, kquants, mx
 from .ggml import Codec
 
-# name -> (dequant kernel, matvec kernel). Filled in by whoever writes the
-# kernels, e.g. "Q4_0": ("dequant_q4_0", "matvec_q4_0").
-_GPU_KERNELS: dict[str, tuple[str | None, str | None]] = {}
+# format -> kernel-name suffix; the instantiation lists are RF_FOR_EACH_*_FORMAT in kernels/rf_quant.h
+GPU_KERNEL_SUFFIX: dict[str, str] = {
+    "F32": "f32", "F16": "f16", "BF16": "bf16",
+    "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0",
+    "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k",
+    "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs", "MXFP4": "mxfp4",
+    "MXINT8": "mx_int8", "MXFP4_E2M1": "mx_fp4", "MXFP6_E2M3": "mx_fp6_e2m3",
+    "MXFP6_E3M2": "mx_fp6_e3m2", "MXFP8_E4M3": "mx_fp8_e4m3", "MXFP8_E5M2": "mx_fp8_e5m2",
+}
+_PLAIN = {"F32", "F16", "BF16"}
+# name -> (dequant kernel, matvec kernel)
+_GPU_KERNELS: dict[str, tuple[str | None, str | None]] = {
+    name: ("dequant_plain" if name in _PLAIN else f"dequant_{s}", f"matvec_{s}")
+    for name, s in GPU_KERNEL_SUFFIX.items()
+}
 
 # One line per type users meet; the rest get a generic line from their sizes.
 _DESCRIPTIONS: dict[str, str] = {
