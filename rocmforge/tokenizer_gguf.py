@@ -142,7 +142,7 @@ def _byte_alphabet() -> dict[int, str]:
 def build_byte_level_bpe(
     metadata: Mapping[str, Any], tokens: list[str], types: list[int], source: str
 ) -> Any:
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as _Backend
 
     merges_raw = metadata.get("tokenizer.ggml.merges")
@@ -181,26 +181,15 @@ def build_byte_level_bpe(
 
     # Control tokens spelled outside the byte alphabet are llama.cpp mislabels:
     # adding them would grow the vocabulary past what the model has.
-    special = [
-        AddedToken(t, special=True, normalized=False)
-        for t, ty in zip(tokens, types)
-        if ty in (CONTROL, UNKNOWN) and set(t) <= spelled
-    ]
-    user = [
-        AddedToken(t, special=False, normalized=False)
-        for t, ty in zip(tokens, types)
-        if ty == USER_DEFINED and t in vocab
-    ]
-    backend.add_special_tokens(special)
-    backend.add_tokens(user)
+    _add_token_types(backend, tokens, types, vocab, lambda t: set(t) <= spelled)
     return backend
 
 
 def build_sentencepiece_bpe(
     metadata: Mapping[str, Any], tokens: list[str], types: list[int], source: str
 ) -> Any:
-    from tokenizers import AddedToken, decoders, models, normalizers
     from tokenizers import Tokenizer as _Backend
+    from tokenizers import decoders, models, normalizers
 
     # Gemma stores tokens made only of spaces with real spaces; the text they
     # match has been rewritten to "▁" by then, so spell them that way.
@@ -232,19 +221,22 @@ def build_sentencepiece_bpe(
     backend.pre_tokenizer = None
     backend.decoder = decoders.Sequence(dec)
 
-    special = [
-        AddedToken(t, special=True, normalized=False)
-        for t, ty in zip(tokens, types)
-        if ty in (CONTROL, UNKNOWN)
-    ]
-    user = [
-        AddedToken(t, special=False, normalized=False)
-        for t, ty in zip(tokens, types)
-        if ty == USER_DEFINED and t in vocab
-    ]
+    _add_token_types(backend, tokens, types, vocab, lambda t: True)
+    return backend
+
+
+def _add_token_types(backend: Any, tokens: list[str], types: list[int], vocab: Mapping[str, int],
+                     spellable: Any) -> None:
+    """Control/unknown tokens become special added tokens and user-defined ones plain added
+    tokens, so the text matches them whole instead of cutting them into pieces."""
+    from tokenizers import AddedToken
+
+    special = [AddedToken(t, special=True, normalized=False)
+               for t, ty in zip(tokens, types) if ty in (CONTROL, UNKNOWN) and spellable(t)]
+    user = [AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(tokens, types) if ty == USER_DEFINED and t in vocab]
     backend.add_special_tokens(special)
     backend.add_tokens(user)
-    return backend
 
 
 def _merges_from_vocab(vocab: dict[str, int]) -> list[tuple[str, str]]:

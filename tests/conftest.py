@@ -41,3 +41,45 @@ def _gpu_available() -> bool:
         except Exception:
             _GPU = False
     return _GPU
+
+
+# The small real models (requirements-models.txt), shared by the tokenizer and template tests.
+
+@pytest.fixture(scope="session")
+def smollm_path():
+    from models import SMOLLM2_DIST, installed
+
+    if not installed(SMOLLM2_DIST):
+        pytest.skip(f"{SMOLLM2_DIST} not installed")
+    from rocmforge.installed_models import resolve_model
+
+    return resolve_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma_path():
+    from models import GEMMA3_DIST, installed
+
+    if not installed(GEMMA3_DIST):
+        pytest.skip(f"{GEMMA3_DIST} not installed")
+    from rocmforge.installed_models import resolve_model
+
+    return resolve_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def smollm(smollm_path):
+    from models import gguf_metadata
+
+    from rocmforge.tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf_metadata(gguf_metadata(smollm_path), source=str(smollm_path))
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_path):
+    from models import gguf_metadata
+
+    from rocmforge.tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf_metadata(gguf_metadata(gemma_path), source=str(gemma_path))

