@@ -22,3 +22,15 @@ def check(got, ref, tol, what=""):
 
 def rand(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def tiny_config(arch: str, name: str) -> dict:
+    """The tiny model ``name`` that ``arch``'s recipe declares (skip the test if there is none)."""
+    import pytest
+
+    from rocmforge.registry import architectures
+
+    for t in architectures()[arch].recipe_obj.tiny:
+        if t["name"] == name:
+            return t
+    pytest.skip(f"no tiny model {name} in {arch}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .helpers import check
+from .helpers import check, tiny_config
 
 pytestmark = pytest.mark.gpu
 
@@ -19,13 +19,6 @@ CASES = [("llama", "llama-gqa"), ("llama", "mistral-swa"), ("qwen3", "qwen3-head
          ("gemma3", "gemma3-local-global"), ("llama", "mixtral-moe")]
 
 
-def _tiny(arch: str, name: str):
-    from rocmforge.registry import architectures
-
-    for t in architectures()[arch].recipe_obj.tiny:
-        if t["name"] == name:
-            return t
-    pytest.skip(f"no tiny model {name} in {arch}")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +29,7 @@ def files(tmp_path_factory):
 
     out = {}
     for arch, name in CASES:
-        t = _tiny(arch, name)
+        t = tiny_config(arch, name)
         d = tmp_path_factory.mktemp(name)
         hf = make_hf_model(t["hf_class"], t["config"], d / "hf", seed=5)
         out[name] = {"F32": hf, "Q4_0": hf_to_gguf(hf, d / "m-Q4_0.gguf", "Q4_0")}

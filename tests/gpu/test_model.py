@@ -5,19 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .helpers import check
+from .helpers import check, tiny_config
 
 pytestmark = pytest.mark.gpu
 
 
-def _tiny(arch: str, name: str):
-    from rocmforge.registry import architectures
-
-    spec = architectures()[arch]
-    for t in spec.recipe_obj.tiny:
-        if t["name"] == name:
-            return t
-    pytest.skip(f"no tiny model {name} in {arch}")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +19,7 @@ def folders(tmp_path_factory):
 
     out = {}
     for arch, name in [("llama", "llama-gqa"), ("llama", "mistral-swa"), ("llama", "mixtral-moe")]:
-        t = _tiny(arch, name)
+        t = tiny_config(arch, name)
         out[name] = make_hf_model(t["hf_class"], t["config"], tmp_path_factory.mktemp(name), seed=3)
     return out
 
