@@ -29,37 +29,31 @@ IDS = [1, 17, 200, 3, 45, 99, 5, 250, 128, 7, 64, 33, 2, 180, 11, 90, 42]
 
 @pytest.mark.parametrize("name", ["llama-gqa", "mistral-swa", "mixtral-moe"])
 def test_hf_logits_gpu_vs_cpu(folders, name):
+    _gpu_vs_cpu(folders[name], prefix=9, decode_tol=5e-4, what=name)
+
+
+def _gpu_vs_cpu(path, prefix: int, decode_tol: float, what: str) -> None:
+    """Full-sequence logits, then a prefill of ``prefix`` tokens and one-token decode steps, GPU vs CPU."""
     import rocmforge
 
-    cpu = rocmforge.load_model(str(folders[name]), device="cpu", tokenizer=False)
-    gpu = rocmforge.load_model(str(folders[name]), device="gpu", tokenizer=False)
+    cpu = rocmforge.load_model(str(path), device="cpu", tokenizer=False)
+    gpu = rocmforge.load_model(str(path), device="gpu", tokenizer=False)
     ref = cpu.logits(IDS)
-    check(gpu.logits(IDS), ref, 5e-4, f"{name} prefill logits")
-    # prefill a prefix, then decode one token at a time (the matvec + decode-attention path)
+    check(gpu.logits(IDS), ref, 5e-4, f"{what} prefill logits")
+    # the matvec + decode-attention path
     s = gpu.new_session(64)
-    s.feed(IDS[:9])
-    rows = [s.feed([t]) for t in IDS[9:]]
-    check(np.stack(rows), ref[9:], 5e-4, f"{name} decode logits")
+    s.feed(IDS[:prefix])
+    rows = [s.feed([t]) for t in IDS[prefix:]]
+    check(np.stack(rows), ref[prefix:], decode_tol, f"{what} decode logits")
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_K"])
 def test_gguf_quantized_gpu_vs_cpu(folders, tmp_path, qtype):
     pytest.importorskip("gguf")
-    import rocmforge
     from rocmforge.testing.tiny import hf_to_gguf
 
-    try:
-        path = hf_to_gguf(folders["llama-gqa"], tmp_path / f"m-{qtype}.gguf", qtype)
-    except Exception as exc:  # a format the converter cannot write for these shapes
-        pytest.skip(f"hf_to_gguf({qtype}): {exc}")
-    cpu = rocmforge.load_model(str(path), device="cpu", tokenizer=False)
-    gpu = rocmforge.load_model(str(path), device="gpu", tokenizer=False)
-    ref = cpu.logits(IDS)
-    check(gpu.logits(IDS), ref, 5e-4, f"{qtype} prefill")
-    s = gpu.new_session(64)
-    s.feed(IDS[:12])
-    rows = [s.feed([t]) for t in IDS[12:]]
-    check(np.stack(rows), ref[12:], 5e-3, f"{qtype} decode (int8 activations)")
+    path = hf_to_gguf(folders["llama-gqa"], tmp_path / f"m-{qtype}.gguf", qtype)
+    _gpu_vs_cpu(path, prefix=12, decode_tol=5e-3, what=f"{qtype} (int8 activations in decode)")
 
 
 MX_TYPES = ["MXFP4_E2M1", "MXFP6_E2M3", "MXFP6_E3M2", "MXFP8_E4M3", "MXFP8_E5M2", "MXINT8"]
