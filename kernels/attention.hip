@@ -3,7 +3,10 @@
 // Layout: q (T, H, Dk) float32; the cache of one layer is kc (max_tokens, Hkv, Dk)
 // and vc (max_tokens, Hkv, Dv) as f16 bits; out (T, H, Dv) float32. Query t sits
 // at position pos0 + t and sees keys j with max(0, p - window + 1) <= j <= p
-// (window 0: all). Scores are q.k * scale, then cap * tanh(s / cap) when cap > 0.
+// (window 0: all); with chunk > 0 also only keys of its own chunk, j >= (p / chunk) * chunk
+// (Llama 4). Scores are q.k * scale, then cap * tanh(s / cap) when cap > 0, plus
+// slopes[h] * (j - p) when slopes is non-null (ALiBi). sinks (non-null: one logit per head)
+// joins each softmax's denominator as exp(sinks[h] - m) and carries no value (gpt-oss).
 // Query head h reads kv head h / (H / Hkv).
 //
 // Compile-time shape (passed with -D by the backend, one module per shape):
@@ -56,21 +59,31 @@ extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __
 
 // Chunks of the keys for a step ending at position end - 1 (the backend's rule, repeated here so
 // a captured step, whose grid is sized for the longest step, picks the same split as an eager one).
-RF_DEV int att_nsplit(int end, int window, int nsplit_cap) {
-    const int nvis = window > 0 ? min(end, window) : end;
+RF_DEV int att_nsplit(int end, int window, int chunk, int nsplit_cap) {
+    int nvis = window > 0 ? min(end, window) : end;
+    if (chunk > 0) nvis = min(nvis, chunk);
     return max(1, min(nsplit_cap, (nvis + 63) / 64));
+}
+
+// first key visible to the query at position p
+RF_DEV int att_lo(int p, int window, int chunk) {
+    int lo = window > 0 ? max(0, p - window + 1) : 0;
+    if (chunk > 0) lo = max(lo, (p / chunk) * chunk);
+    return lo;
 }
 
 struct AttState {
     float q[ATT_G][ATT_NEK];
     float acc[ATT_G][ATT_NEV];
     float m[ATT_G], l[ATT_G];
+    float slope[ATT_G];     // ALiBi slope of each head (0: none)
 };
 
 RF_DEV void att_init(AttState& S, const float* __restrict__ q, rf_i64 t, int H, int h0, int Dk, float scale,
-                     int lane) {
+                     int lane, const float* __restrict__ slopes) {
 #pragma unroll
     for (int g = 0; g < ATT_G; ++g) {
+        S.slope[g] = slopes ? slopes[h0 + g] : 0.f;
 #pragma unroll
         for (int i = 0; i < ATT_NEK; ++i) {
             const int e = lane + i * RF_WARP;
@@ -83,8 +96,9 @@ RF_DEV void att_init(AttState& S, const float* __restrict__ q, rf_i64 t, int H, 
     }
 }
 
-// one key/value row (f16 bits) into the online softmax of every head of the warp
-RF_DEV void att_step(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, int Dv, float cap, int lane) {
+// one key/value row (f16 bits) at distance dist = j - p into the online softmax of every head of the warp
+RF_DEV void att_step(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, int Dv, float cap, int lane,
+                     int dist) {
     float kv[ATT_NEK];
 #pragma unroll
     for (int i = 0; i < ATT_NEK; ++i) {
@@ -104,6 +118,7 @@ RF_DEV void att_step(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, in
         for (int i = 0; i < ATT_NEK; ++i) s += S.q[g][i] * kv[i];
         s = rf_warp_sum(s);
         if (cap > 0.f) s = cap * tanhf(s / cap);
+        s += S.slope[g] * (float)dist;
         const float mn = fmaxf(S.m[g], s);
         const float corr = expf(S.m[g] - mn);
         const float p = expf(s - mn);
@@ -118,9 +133,10 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16
                                        const rf_u16* __restrict__ vc, float* __restrict__ out,
                                        float* __restrict__ part_acc, float* __restrict__ part_ml,
                                        int T, int H, int Hkv, int Dk, int Dv, int pos0_arg, int window,
-                                       float scale, float cap, int nsplit_cap, const rf_i64* __restrict__ pos_dev) {
+                                       float scale, float cap, int nsplit_cap, const rf_i64* __restrict__ pos_dev,
+                                       int chunk, const float* __restrict__ slopes, const float* __restrict__ sinks) {
     const int pos0 = pos_dev ? (int)pos_dev[0] : pos0_arg;
-    const int nsplit = att_nsplit(pos0 + T, window, nsplit_cap);
+    const int nsplit = att_nsplit(pos0 + T, window, chunk, nsplit_cap);
     if ((int)blockIdx.z >= nsplit) return;      // spare chunks of a grid sized for the longest step
     __shared__ float sm_m[ATT_NW][ATT_G], sm_l[ATT_NW][ATT_G];
     __shared__ float sm_acc[ATT_NW][ATT_G][ATT_NEV * RF_WARP];
@@ -128,16 +144,16 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16
     const int kvh = blockIdx.x / hch, h0 = kvh * gtot + (blockIdx.x % hch) * ATT_G;
     const int t = blockIdx.y, z = blockIdx.z;
     const int p = pos0 + t;
-    const int lo = window > 0 ? max(0, p - window + 1) : 0;
+    const int lo = att_lo(p, window, chunk);
     const int nvis = p - lo + 1;
     const int cs = (nvis + nsplit - 1) / nsplit;
     const int ks = lo + z * cs, ke = min(p + 1, ks + cs);
     const int w = threadIdx.x / RF_WARP, lane = threadIdx.x % RF_WARP;
 
     AttState S;
-    att_init(S, q, t, H, h0, Dk, scale, lane);
+    att_init(S, q, t, H, h0, Dk, scale, lane, slopes);
     for (int j = ks + w; j < ke; j += ATT_NW)
-        att_step(S, kc + ((rf_i64)j * Hkv + kvh) * Dk, vc + ((rf_i64)j * Hkv + kvh) * Dv, Dk, Dv, cap, lane);
+        att_step(S, kc + ((rf_i64)j * Hkv + kvh) * Dk, vc + ((rf_i64)j * Hkv + kvh) * Dv, Dk, Dv, cap, lane, j - p);
 #pragma unroll
     for (int g = 0; g < ATT_G; ++g) {
         if (lane == 0) { sm_m[w][g] = S.m[g]; sm_l[w][g] = S.l[g]; }
@@ -157,7 +173,12 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16
         }
         const rf_i64 o = ((rf_i64)t * H + h0 + g) * Dv + e;
         if (nsplit == 1) {
-            out[o] = A / L;
+            if (sinks) {            // the sink logit joins the denominator (M is finite: key p is visible)
+                const float sk = sinks[h0 + g], Mn = fmaxf(M, sk);
+                out[o] = A * expf(M - Mn) / (L * expf(M - Mn) + expf(sk - Mn));
+            } else {
+                out[o] = A / L;
+            }
         } else {
             const rf_i64 po = (rf_i64)z * T * H * Dv + o;
             part_acc[po] = A;
@@ -172,16 +193,19 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16
 
 extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
                                         float* __restrict__ out, int T, int H, int Dv, int nsplit_cap,
-                                        int pos0_arg, int window, const rf_i64* __restrict__ pos_dev) {
+                                        int pos0_arg, int window, const rf_i64* __restrict__ pos_dev,
+                                        int chunk, const float* __restrict__ sinks) {
     const int pos0 = pos_dev ? (int)pos_dev[0] : pos0_arg;
-    const int nsplit = att_nsplit(pos0 + T, window, nsplit_cap);
+    const int nsplit = att_nsplit(pos0 + T, window, chunk, nsplit_cap);
     if (nsplit == 1) return;                    // attn_decode wrote out directly
     const rf_i64 th = blockIdx.x;            // t * H + h
     const rf_i64 TH = (rf_i64)T * H;
     float M = -INFINITY;
     for (int z = 0; z < nsplit; ++z) M = fmaxf(M, part_ml[(z * TH + th) * 2]);
+    const float sk = sinks ? sinks[th % H] : -INFINITY;
+    if (sinks) M = fmaxf(M, sk);
     for (int e = threadIdx.x; e < Dv; e += blockDim.x) {
-        float L = 0.f, A = 0.f;
+        float L = sinks ? expf(sk - M) : 0.f, A = 0.f;
         for (int z = 0; z < nsplit; ++z) {
             const float m = part_ml[(z * TH + th) * 2];
             const float f = m == -INFINITY ? 0.f : expf(m - M);
@@ -195,7 +219,8 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, cons
 extern "C" __global__ void attn_prefill(const float* __restrict__ q, const rf_u16* __restrict__ kc,
                                         const rf_u16* __restrict__ vc, float* __restrict__ out,
                                         int T, int H, int Hkv, int Dk, int Dv, int pos0, int window,
-                                        float scale, float cap) {
+                                        float scale, float cap, int chunk, const float* __restrict__ slopes,
+                                        const float* __restrict__ sinks) {
     __shared__ rf_u16 sk[ATT_BK * ATT_NEK * RF_WARP];
     __shared__ rf_u16 sv[ATT_BK * ATT_NEV * RF_WARP];
     const int gtot = H / Hkv, hch = gtot / ATT_G;
@@ -206,12 +231,12 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, const rf_u1
     const int t = t0 + w;
     const bool active = t < T;
     const int p = pos0 + t;
-    const int lo = window > 0 ? max(0, p - window + 1) : 0;
-    const int klo = window > 0 ? max(0, pos0 + t0 - window + 1) : 0;
+    const int lo = att_lo(p, window, chunk);
+    const int klo = att_lo(pos0 + t0, window, chunk);
     const int khi = pos0 + tlast;
 
     AttState S;
-    att_init(S, q, active ? t : 0, H, h0, Dk, scale, lane);
+    att_init(S, q, active ? t : 0, H, h0, Dk, scale, lane, slopes);
     for (int kb = klo; kb <= khi; kb += ATT_BK) {
         const int nk = min(ATT_BK, khi - kb + 1);
         __syncthreads();
@@ -226,17 +251,22 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, const rf_u1
         __syncthreads();
         if (active) {
             const int rs = max(lo - kb, 0), re = min(p - kb, nk - 1);
-            for (int r = rs; r <= re; ++r) att_step(S, sk + r * Dk, sv + r * Dv, Dk, Dv, cap, lane);
+            for (int r = rs; r <= re; ++r) att_step(S, sk + r * Dk, sv + r * Dv, Dk, Dv, cap, lane, kb + r - p);
         }
     }
     if (!active) return;
 #pragma unroll
     for (int g = 0; g < ATT_G; ++g) {
-        const float inv = 1.f / S.l[g];
+        float inv = 1.f / S.l[g], rescale = 1.f;
+        if (sinks) {                // the sink logit joins the denominator
+            const float sink = sinks[h0 + g], Mn = fmaxf(S.m[g], sink);
+            rescale = expf(S.m[g] - Mn);
+            inv = 1.f / (S.l[g] * rescale + expf(sink - Mn));
+        }
 #pragma unroll
         for (int i = 0; i < ATT_NEV; ++i) {
             const int e = lane + i * RF_WARP;
-            if (e < Dv) out[((rf_i64)t * H + h0 + g) * Dv + e] = S.acc[g][i] * inv;
+            if (e < Dv) out[((rf_i64)t * H + h0 + g) * Dv + e] = S.acc[g][i] * rescale * inv;
         }
     }
 }

@@ -4,7 +4,7 @@
 // Launch: 1-D grid-stride, one element per thread per step, 256 threads a block.
 // Binary ops: b is read at i (mode 0, same shape), i % nb (mode 1, b is a
 // trailing-dims vector), or i / inner (mode 2, b is (rows, 1)).
-// Activation kinds: 0 silu, 1 gelu (erf), 2 gelu_tanh, 3 relu.
+// Activation kinds: 0 silu, 1 gelu (erf), 2 gelu_tanh, 3 relu, 4 relu2 (relu(x)^2), 5 sigmoid, 6 tanh.
 #include "rf_common.h"
 
 RF_DEV float rf_act(float x, int kind) {
@@ -12,6 +12,9 @@ RF_DEV float rf_act(float x, int kind) {
     case 0: return x / (1.f + expf(-x));
     case 1: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
     case 2: return 0.5f * x * (1.f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    case 4: { const float r = fmaxf(x, 0.f); return r * r; }
+    case 5: return 1.f / (1.f + expf(-x));
+    case 6: return tanhf(x);
     default: return fmaxf(x, 0.f);
     }
 }

@@ -2,8 +2,9 @@
 
 Parsed with ``ast`` and evaluated by walking the tree over a whitelist of
 node types: names (hparams, ``layer``), numbers, strings, booleans,
-arithmetic, comparisons, ``and``/``or``/``not`` and ``a if c else b``.
-Never ``eval``: attribute access, calls, subscripts and lambdas are rejected.
+arithmetic, comparisons (``in`` / ``not in`` included), ``and``/``or``/``not``,
+``a if c else b`` and indexing a per-layer list (``layer_types[layer]``).
+Never ``eval``: attribute access, calls, slices and lambdas are rejected.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _BIN = {
 _CMP = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
     ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
 }
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
 
@@ -32,7 +34,7 @@ class ExprError(ValueError):
 
 def _check(node: ast.AST, text: str) -> None:
     allowed = (ast.Expression, ast.Name, ast.Load, ast.Constant, ast.BinOp, ast.UnaryOp,
-               ast.BoolOp, ast.And, ast.Or, ast.Compare, ast.IfExp, *_BIN, *_CMP, *_UNARY)
+               ast.BoolOp, ast.And, ast.Or, ast.Compare, ast.IfExp, ast.Subscript, *_BIN, *_CMP, *_UNARY)
     for sub in ast.walk(node):
         if not isinstance(sub, allowed):
             raise ExprError(f"'{text}': {type(sub).__name__} is not allowed in a recipe expression")
@@ -79,6 +81,17 @@ def _binop(node: ast.BinOp, env: Mapping[str, Any], text: str) -> Any:
     return _BIN[type(node.op)](left, right)
 
 
+def _index(seq: Any, i: Any, text: str) -> Any:
+    """``seq[i]`` for a per-layer list and an integer index, with an error that says which."""
+    if not isinstance(seq, (list, tuple)):
+        raise ExprError(f"'{text}': only a list can be indexed, found {type(seq).__name__}")
+    if isinstance(i, bool) or not isinstance(i, int):
+        raise ExprError(f"'{text}': a list index must be an integer, found {i!r}")
+    if not -len(seq) <= i < len(seq):
+        raise ExprError(f"'{text}': index {i} is outside the list of {len(seq)}")
+    return seq[i]
+
+
 def _eval(node: ast.AST, env: Mapping[str, Any], text: str) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
@@ -110,6 +123,8 @@ def _eval(node: ast.AST, env: Mapping[str, Any], text: str) -> Any:
                 return False
             left = right
         return True
+    if isinstance(node, ast.Subscript):
+        return _index(_eval(node.value, env, text), _eval(node.slice, env, text), text)
     if isinstance(node, ast.IfExp):
         return _eval(node.body if _eval(node.test, env, text) else node.orelse, env, text)
     raise ExprError(f"'{text}': unsupported expression")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .config_audit import check_config
 from .detect import detect
 from .hparams import resolve_hparams
 from .recipe import Executor
@@ -84,6 +85,16 @@ class Model:
     @property
     def context_length(self) -> int:
         return int(self.hparams.get("context_length") or 4096)
+
+    def check_tensors(self) -> None:
+        """Every tensor the recipe's forward pass reads (``if:`` conditions applied) is present."""
+        missing = self.executor.missing_tensors(lambda n: n in self.tensors)
+        if missing:
+            from .errors import TensorMapError
+
+            raise TensorMapError(f"{self.path}: the {self.arch} forward pass needs {len(missing)} tensor(s) the "
+                                 f"model does not have: {', '.join(missing[:20])}"
+                                 + (" ..." if len(missing) > 20 else ""))
 
     def _raw(self, name: str):
         t = self.tensors.get(name)
@@ -162,13 +173,16 @@ def load_model(path: str | os.PathLike, device: str = "cpu", tokenizer: bool = T
     where = loaded.path
     mapped = map_tensors(tmap, loaded.format, loaded.tensors, where)
     shapes = {k: v.raw.shape for k, v in mapped.items()}
+    check_config(recipe, loaded.format, loaded.metadata, where)
     hp = resolve_hparams(recipe, loaded.format, loaded.metadata, shapes, where)
     check_complete(tmap, mapped, int(hp["n_layer"]), where)
     tok = _load_tokenizer(loaded) if tokenizer else None
     backend = get_backend(device)
     log.info("loaded %s as %s (%d tensors) on %s", where, spec.name, len(mapped), backend.name)
-    return Model(spec, hp, mapped, tok, backend, where, loaded.format, loaded.metadata, loaded.file_size,
-                 len(loaded.tensors))
+    model = Model(spec, hp, mapped, tok, backend, where, loaded.format, loaded.metadata, loaded.file_size,
+                  len(loaded.tensors))
+    model.check_tensors()
+    return model
 
 
 def _load_tokenizer(loaded):

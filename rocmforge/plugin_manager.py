@@ -21,13 +21,13 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "rocmforge"
 ALLOWLIST_ENV = "ROCMFORGE_PLUGINS"
 
-# One module per built-in plugin, under rocmforge.plugins (the top-level plugins/ folder).
-BUILTIN_PLUGINS = (
-    "llama",
-    "qwen",
-    "gemma",
-    "glm",
-)
+def builtin_plugins() -> list[str]:
+    """Every module of rocmforge.plugins (the top-level plugins/ folder): one built-in plugin each."""
+    import pkgutil
+
+    from . import plugins
+
+    return sorted(m.name for m in pkgutil.iter_modules(plugins.__path__) if not m.ispkg)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
             _load_entry_points(pm)
         from . import __version__
 
-        for name in BUILTIN_PLUGINS:
+        for name in builtin_plugins():
             mod = importlib.import_module(f"rocmforge.plugins.{name}")
             pm.register(mod, name=f"rocmforge.{name}")
             _DIST_OF[f"rocmforge.{name}"] = ("rocmforge", __version__)

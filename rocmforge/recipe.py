@@ -20,7 +20,8 @@ from .schema import Recipe
 
 # Step keys whose string values are names (activations, tensors, styles), never expressions.
 _NAME_KEYS = {"op", "in", "out", "weight", "bias", "q", "k", "v", "o", "qkv", "q_norm", "k_norm", "rope",
-              "rope_freqs", "gate", "up", "down", "gate_up", "router", "shared", "gating", "act", "if"}
+              "rope_freqs", "gate", "up", "down", "gate_up", "router", "shared", "gating", "act", "if",
+              "qk_norm_scope", "qk_norm_type", "sinks"}
 
 
 class Segment:
@@ -59,8 +60,13 @@ class Context:
         self.env[name] = value
 
     def tensor(self, name: str, optional: bool = False, host: bool = False) -> Any:
+        """The layer's tensor ``name`` (``blk.{layer}.name``); in embed/head steps, the model's."""
         full = f"blk.{self.layer}.{name}" if self.layer is not None else name
         return self.executor.weight(full, optional=optional, host=host)
+
+    def model_tensor(self, name: str, optional: bool = False, host: bool = False) -> Any:
+        """A tensor of the whole model (``rope_freqs``, ``position_embd``), from any step."""
+        return self.executor.weight(name, optional=optional, host=host)
 
     def fused(self, names: list[str]) -> Any:
         """The layer's tensors ``names`` joined row-wise as one weight, or None if the backend keeps them apart."""
@@ -86,6 +92,15 @@ class Context:
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         return self.executor.cached(key, make)
+
+
+class _Probe:
+    """Just enough of a Context to evaluate step options for one layer, without activations."""
+
+    def __init__(self, executor: Executor, layer: int | None):
+        self.executor, self.hp, self.layer = executor, executor.hparams, layer
+
+    value = Context.value
 
 
 class Executor:
@@ -134,6 +149,25 @@ class Executor:
             self._weights[key] = self.backend.fuse_weights(raws)
         return self._weights[key]
 
+    def missing_tensors(self, has: Callable[[str], bool]) -> list[str]:
+        """Every tensor the forward pass reads that ``has`` says the model lacks, layer by layer."""
+        from .ops.needs import step_tensors
+
+        missing: list[str] = []
+        for section in ("embed", "block", "head"):
+            layers = range(self.hparams["n_layer"]) if section == "block" else [None]
+            for layer in layers:
+                prefix = f"blk.{layer}." if layer is not None else ""
+                probe = _Probe(self, layer)
+                for step in getattr(self.recipe, section):
+                    if step.get("if") is not None and not self._condition(step, layer):
+                        continue
+                    for name, required in step_tensors(step["op"], self.ops[step["op"]], step,
+                                                       lambda n, p=prefix: has(p + n), probe.value):
+                        if required and not has(prefix + name) and prefix + name not in missing:
+                            missing.append(prefix + name)
+        return missing
+
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = make()
@@ -141,8 +175,12 @@ class Executor:
 
     def new_cache(self, max_tokens: int) -> Any:
         hp = self.hparams
-        return self.backend.new_kv_cache(hp["n_layer"], hp["n_head_kv"], hp["head_dim"],
-                                         hp.get("head_dim_v") or hp["head_dim"], max_tokens)
+        shape = {"n_head_kv": "n_head_kv", "head_dim": "head_dim", "head_dim_v": "head_dim_v or head_dim"}
+        shape.update(self.recipe.cache)
+        env = {"head_dim_v": None, **hp}
+        dims = {k: int(expr.evaluate(v, env)) for k, v in shape.items()}
+        return self.backend.new_kv_cache(hp["n_layer"], dims["n_head_kv"], dims["head_dim"], dims["head_dim_v"],
+                                         max_tokens)
 
     def _run(self, steps: list[dict], ctx: Context) -> None:
         for step in steps:

@@ -66,6 +66,14 @@ class HParam:
     has_default: bool = False
     type: str = "auto"
     from_tensor: tuple[str, int] | None = None
+    # one value per layer (HF layer_types, GGUF per-layer arrays): a scalar is broadcast, a list
+    # must have n_layer entries, and ``default`` is an expression evaluated for each ``layer``
+    per_layer: bool = False
+    # "list" / "scalar": take a file value only of that kind (GGUF's sliding_window_pattern is a
+    # period or a per-layer array under one key); "any" by default
+    accept: str = "any"
+    # file value -> recipe value (HF layer_types strings -> booleans); a value outside it is refused
+    map: dict | None = None
 
 
 @dataclass
@@ -81,15 +89,20 @@ class Recipe:
     head: list[dict]
     chat_template: str | None = None
     tiny: list[dict] = field(default_factory=list)
+    # the config audit (rocmforge.config_audit): honours / inert / refuses, gguf_inert / gguf_refuses
+    config: dict = field(default_factory=dict)
+    # KV cache rows per layer when they differ from the attention heads (absorbed MLA caches one
+    # latent "head"): {n_head_kv, head_dim, head_dim_v} expressions over hparams
+    cache: dict = field(default_factory=dict)
 
 
-_HP_TYPES = {"auto", "int", "float", "bool", "str", "int_list", "float_list"}
+_HP_TYPES = {"auto", "int", "float", "bool", "str", "int_list", "float_list", "str_list", "bool_list"}
 _STEP_SECTIONS = ("embed", "block", "head")
 
 
 def parse_recipe(data: dict, file: str) -> Recipe:
-    _only_keys(data, {"name", "description", "detect", "hparams", *_STEP_SECTIONS, "chat_template", "tiny"},
-               file, "")
+    _only_keys(data, {"name", "description", "detect", "hparams", *_STEP_SECTIONS, "chat_template", "tiny",
+                      "config", "cache"}, file, "")
     _expect(isinstance(data.get("name"), str), file, "name", "the architecture name (a string)", data.get("name"))
     det = data.get("detect")
     _expect(isinstance(det, dict), file, "detect", "a mapping with 'gguf' and/or 'hf' lists", det)
@@ -104,7 +117,11 @@ def parse_recipe(data: dict, file: str) -> Recipe:
     for name, spec in raw_hp.items():
         key = f"hparams.{name}"
         _expect(isinstance(spec, dict), file, key, "a mapping with gguf/hf/default/type/from_tensor", spec)
-        _only_keys(spec, {"gguf", "hf", "default", "type", "from_tensor"}, file, key)
+        _only_keys(spec, {"gguf", "hf", "default", "type", "from_tensor", "per_layer", "accept", "map"}, file, key)
+        accept = spec.get("accept", "any")
+        _expect(accept in ("any", "list", "scalar"), file, f"{key}.accept", "any, list or scalar", accept)
+        vmap = spec.get("map")
+        _expect(vmap is None or isinstance(vmap, dict), file, f"{key}.map", "a mapping file value -> value", vmap)
         typ = spec.get("type", "auto")
         _expect(typ in _HP_TYPES, file, f"{key}.type", f"one of {sorted(_HP_TYPES)}", typ)
         ft = spec.get("from_tensor")
@@ -118,8 +135,11 @@ def parse_recipe(data: dict, file: str) -> Recipe:
                 expr.parse(default)
             except expr.ExprError as exc:
                 raise SchemaError(file, f"{key}.default", "a number or a recipe expression", str(exc)) from None
+        per_layer = spec.get("per_layer", False)
+        _expect(isinstance(per_layer, bool), file, f"{key}.per_layer", "true or false", per_layer)
         hps[name] = HParam(name, _str_list(spec.get("gguf", []), file, f"{key}.gguf"),
-                           _str_list(spec.get("hf", []), file, f"{key}.hf"), default, "default" in spec, typ, ft)
+                           _str_list(spec.get("hf", []), file, f"{key}.hf"), default, "default" in spec, typ, ft,
+                           per_layer, accept, vmap)
 
     sections = {}
     for sec in _STEP_SECTIONS:
@@ -137,8 +157,21 @@ def parse_recipe(data: dict, file: str) -> Recipe:
         _expect(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("hf_class"), str)
                 and isinstance(t.get("config"), dict) and "model_type" in t["config"],
                 file, f"tiny[{i}]", "{name: str, hf_class: <HF class>, config: {model_type: ..., ...}}", t)
+    audit = data.get("config", {}) or {}
+    _expect(isinstance(audit, dict), file, "config", "a mapping with honours/inert/refuses/gguf_inert/gguf_refuses",
+            audit)
+    _only_keys(audit, {"honours", "inert", "refuses", "gguf_inert", "gguf_refuses"}, file, "config")
+    for key in ("honours", "inert", "gguf_inert"):
+        audit[key] = _str_list(audit.get(key, []), file, f"config.{key}")
+    for key in ("refuses", "gguf_refuses"):
+        _expect(isinstance(audit.get(key, {}), dict), file, f"config.{key}",
+                "a mapping key -> accepted value (or list of accepted values)", audit.get(key))
+        audit.setdefault(key, {})
+    cache = data.get("cache", {}) or {}
+    _expect(isinstance(cache, dict) and set(cache) <= {"n_head_kv", "head_dim", "head_dim_v"}, file, "cache",
+            "a mapping with n_head_kv / head_dim / head_dim_v expressions", cache)
     return Recipe(data["name"], file, str(data.get("description", "")), gguf_archs, hf_classes, hps,
-                  sections["embed"], sections["block"], sections["head"], tmpl, tiny)
+                  sections["embed"], sections["block"], sections["head"], tmpl, tiny, audit, cache)
 
 
 def _validate_step(step: Any, file: str, key: str) -> None:

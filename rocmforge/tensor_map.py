@@ -60,7 +60,8 @@ def file_names(t: MappedTensor) -> set[str]:
 
 def _mapped(raw: RawTensor, transform: str | None, parts: list[RawTensor] | None = None,
             split: tuple[int, int] | None = None, where: str = "") -> MappedTensor:
-    if parts is None and split is None:
+    reshaped = transform in SHAPE_CHANGES
+    if parts is None and split is None and not reshaped:
         return MappedTensor(raw, transform)
     shape = raw.shape if parts is None else (len(parts), *raw.shape)
     if split is not None:
@@ -68,6 +69,8 @@ def _mapped(raw: RawTensor, transform: str | None, parts: list[RawTensor] | None
         if len(shape) < 2 or shape[-2] % of:
             raise TensorMapError(f"{where}: '{raw.name}' of shape {shape} cannot be split into {of} row blocks")
         shape = (*shape[:-2], shape[-2] // of, shape[-1])
+    if reshaped:
+        shape = SHAPE_CHANGES[transform](tuple(shape))
     placeholder = RawTensor(raw.name, raw.qtype, tuple(int(n) for n in shape), np.empty(0, np.uint8))
     return MappedTensor(placeholder, transform, parts, raw, split)
 
@@ -79,11 +82,18 @@ def _rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# transforms that change a tensor's shape: canonical shape from the file's (applied after a split)
+SHAPE_CHANGES: dict[str, Callable[[tuple], tuple]] = {
+    "transpose": lambda shape: (*shape[:-2], shape[-1], shape[-2]) if len(shape) >= 2 else shape,
+}
+
 TRANSFORMS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "llama_rope_permute_q": lambda w, hp: _rope_permute(w, hp["n_head"]),
     "llama_rope_permute_k": lambda w, hp: _rope_permute(w, hp["n_head_kv"]),
     # Gemma's HF norms hold (w - 1); GGUF stores w.
     "add_one": lambda w, hp: w + 1.0,
+    # GPT-2's Conv1D keeps weights as (in, out); GGUF and our linear use (out, in).
+    "transpose": lambda w, hp: np.ascontiguousarray(np.swapaxes(w, -1, -2)),
 }
 
 

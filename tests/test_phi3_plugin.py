@@ -56,10 +56,10 @@ def test_registered_from_its_distribution(phi3_plugin):
 def test_not_builtin():
     import importlib
 
-    from rocmforge.plugin_manager import BUILTIN_PLUGINS
+    from rocmforge.plugin_manager import builtin_plugins
 
     names: list[str] = []
-    for mod in BUILTIN_PLUGINS:
+    for mod in builtin_plugins():
         importlib.import_module(f"rocmforge.plugins.{mod}").register_architectures(register=lambda s: names.append(s.name))
     assert "phi3" not in names
 

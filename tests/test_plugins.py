@@ -297,4 +297,4 @@ def test_entry_points_are_off_under_pytest():
 
     assert getattr(sys, "_called_from_test", False)
     names = {name for name, _ in plugin_manager.get_plugin_manager().list_name_plugin()}
-    assert names == {f"rocmforge.{n}" for n in plugin_manager.BUILTIN_PLUGINS}
+    assert names == {f"rocmforge.{n}" for n in plugin_manager.builtin_plugins()}

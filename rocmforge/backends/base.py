@@ -63,16 +63,21 @@ class Backend(ABC):
 
     @abstractmethod
     def attention(self, q: Any, k: Any, v: Any, cache: Any, layer: int, pos0: int, scale: float,
-                  window: int = 0, softcap: float = 0.0) -> Any:
+                  window: int = 0, softcap: float = 0.0, alibi: np.ndarray | None = None,
+                  sinks: Any = None, chunk: int = 0) -> Any:
         """Append k, v (T, Hkv, D) at positions pos0.. to ``cache`` then causal attention for q (T, H, D).
 
         GQA: query head h reads kv head h // (H // Hkv). ``window`` > 0 lets a
-        query at position p see keys at positions > p - window only.
-        ``softcap`` > 0 applies cap * tanh(score / cap) before the softmax."""
+        query at position p see keys at positions > p - window only; ``chunk``
+        > 0 lets it see only keys of its own chunk (p // chunk, Llama 4).
+        ``softcap`` > 0 applies cap * tanh(score / cap) before the softmax.
+        ``alibi`` (H,) host slopes add slope_h * (j - p) to the score of key j (BLOOM, MPT).
+        ``sinks`` (H,) per-head logits join every softmax's denominator but
+        carry no value (gpt-oss attention sinks)."""
 
     @abstractmethod
     def act(self, x: Any, kind: str) -> Any:
-        """Elementwise activation: silu, gelu (erf), gelu_tanh, relu."""
+        """Elementwise activation: silu, gelu (erf), gelu_tanh, relu, relu2 (relu(x)^2), sigmoid, tanh."""
 
     @abstractmethod
     def mul(self, a: Any, b: Any) -> Any: ...
@@ -101,6 +106,13 @@ class Backend(ABC):
         """sum_j weights[t, j] * down_e(act(gate_e(x_t)) * up_e(x_t)), e = ids[t, j].
 
         gate/up are (E, ff, d) and down (E, d, ff) prepared weights."""
+
+    @abstractmethod
+    def head_matmul(self, x: Any, w: Any) -> Any:
+        """Per-head matrices: x (T, H, a) and w (H, b, a) -> (T, H, b), out[t, h] = w[h] @ x[t, h].
+
+        Multi-head latent attention folds its up-projections into the query and
+        the output this way (absorbed MLA)."""
 
     @abstractmethod
     def concat(self, parts: list[Any]) -> Any:

@@ -60,7 +60,7 @@ MATVEC_ROWS = 4           # warps per matvec block
 MATVEC_RPW = 2            # rows per warp of the block-format matvecs (RF_MV_RPW; H100 sweep, RESULTS.md)
 MATVEC_UNROLL = 1         # groups per lane loaded ahead (RF_MV_UNROLL)
 DECODE_MAX_T = 4          # attention: decode kernel up to this many queries, tiled prefill beyond
-ACT_KINDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+ACT_KINDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "relu2": 4, "sigmoid": 5, "tanh": 6}
 _ARENA_CHUNK = 256 << 20
 _ALIGN = 256
 
@@ -489,7 +489,22 @@ class CupyBackend(Backend):
         nev = -(-Dv // self.warp)
         return g, (("ATT_G", g), ("ATT_NEK", nek), ("ATT_NEV", nev))
 
-    def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0):
+    def _head_vector(self, a, H: int, what: str):
+        """A per-head float vector (ALiBi slopes, sink logits) on the device, or a null pointer."""
+        if a is None:
+            return _null()
+        if isinstance(a, np.ndarray):
+            key = (what, a.tobytes())
+            if key not in self._small:      # slopes are fixed per model: upload once
+                self._small[key] = self.cp.asarray(np.ascontiguousarray(a, np.float32))
+            a = self._small[key]
+        a = self._f32(a).reshape(-1)
+        if a.size != H:
+            raise RocmforgeError(f"attention: {what} has {a.size} values for {H} heads")
+        return a
+
+    def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0, alibi=None, sinks=None,
+                  chunk=0):
         q, k, v = self._f32(q), self._f32(k), self._f32(v)
         T, H, Dk = q.shape
         Hkv, Dv = k.shape[1], v.shape[2]
@@ -509,6 +524,9 @@ class CupyBackend(Backend):
                      (k, v, kc, vc, np.int64(nk), np.int64(nv), np.int64(pos0), np.int64(Hkv * Dk),
                       np.int64(Hkv * Dv), pos_dev))
         cache.length[layer] = end
+        slopes = self._head_vector(alibi, H, "alibi slopes")
+        sink = self._head_vector(sinks, H, "attention sinks")
+        chunk = int(chunk or 0)
         g, defs = self._att_defines(H, Hkv, Dk, Dv)
         hblocks = Hkv * ((H // Hkv) // g)
         out = self._out((T, H, Dv))
@@ -518,6 +536,7 @@ class CupyBackend(Backend):
             nsplit_cap = max(1, min(-(-2 * self.n_sm // (hblocks * T)), 64))
             last = end if step is None else cache.max_tokens
             n_vis = last if not window else min(last, window)
+            n_vis = min(n_vis, chunk) if chunk else n_vis
             nsplit = max(1, min(nsplit_cap, -(-n_vis // 64)))
             if nsplit > 1:
                 pa = self._out((nsplit, T, H, Dv))
@@ -525,14 +544,15 @@ class CupyBackend(Backend):
             else:
                 pa = pm = _null()
             self._launch("attention.hip", "attn_decode", (hblocks, T, nsplit), (4 * self.warp,),
-                         (q, kc, vc, out, pa, pm) + common + (np.int32(nsplit_cap), pos_dev), defs)
+                         (q, kc, vc, out, pa, pm) + common + (np.int32(nsplit_cap), pos_dev, np.int32(chunk),
+                                                              slopes, sink), defs)
             if nsplit > 1:
                 self._launch("attention.hip", "attn_combine", (T * H,), (min(256, max(self.warp, Dv)),),
                              (pa, pm, out, np.int32(T), np.int32(H), np.int32(Dv), np.int32(nsplit_cap),
-                              np.int32(pos0), np.int32(window or 0), pos_dev), defs)
+                              np.int32(pos0), np.int32(window or 0), pos_dev, np.int32(chunk), sink), defs)
         else:
             self._launch("attention.hip", "attn_prefill", (hblocks, -(-T // 8)), (8 * self.warp,),
-                         (q, kc, vc, out) + common, defs)
+                         (q, kc, vc, out) + common + (np.int32(chunk), slopes, sink), defs)
         return out
 
     def decode_step(self, executor, ids, cache, pos0):
@@ -602,6 +622,12 @@ class CupyBackend(Backend):
         self._launch("elementwise.hip", "softcap_f32", (self._grid1d(a.size),), (256,),
                      (a, y, np.int64(a.size), np.float32(cap)))
         return y
+
+    def head_matmul(self, x, w):
+        cp = self.cp
+        w = w if not isinstance(w, GpuWeight) else self.dequant(w).reshape(w.shape)
+        y = cp.matmul(self._f32(x).transpose(1, 0, 2), self._f32(w).transpose(0, 2, 1))   # (H, T, b)
+        return cp.ascontiguousarray(y.transpose(1, 0, 2))
 
     def concat(self, parts):
         return self.cp.concatenate([self._f32(p) for p in parts], axis=0)

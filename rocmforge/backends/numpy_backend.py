@@ -118,7 +118,8 @@ class NumpyBackend(Backend):
     def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens):
         return NumpyKVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens)
 
-    def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0):
+    def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0, alibi=None, sinks=None,
+                  chunk=0):
         cache.store(layer, pos0, k, v)
         n_kv = pos0 + q.shape[0]
         keys, vals = cache.k[layer][:n_kv], cache.v[layer][:n_kv]   # (S, Hkv, D)
@@ -131,15 +132,29 @@ class NumpyBackend(Backend):
             scores = softcap * np.tanh(scores / softcap)
         qpos = np.arange(pos0, pos0 + T)[:, None]
         kpos = np.arange(n_kv)[None, :]
+        if alibi is not None:   # a linear penalty on distance instead of rotary positions
+            slopes = np.asarray(alibi, np.float32).reshape(Hkv, G, 1, 1)
+            scores = scores + slopes * (kpos - qpos).astype(np.float32)
         visible = kpos <= qpos
         if window:
             visible &= kpos > qpos - window
+        if chunk:
+            visible &= kpos // chunk == qpos // chunk
         scores = np.where(visible, scores, -np.inf)
-        scores -= scores.max(axis=-1, keepdims=True)
-        p = np.exp(scores)
-        p /= p.sum(axis=-1, keepdims=True)
+        m = scores.max(axis=-1, keepdims=True)
+        if sinks is not None:   # the sink is one more logit in the softmax, with no value row
+            sink = np.asarray(sinks, np.float32).reshape(Hkv, G, 1, 1)
+            m = np.maximum(m, sink)
+        p = np.exp(scores - m)
+        denom = p.sum(axis=-1, keepdims=True)
+        if sinks is not None:
+            denom = denom + np.exp(sink - m)
+        p /= denom
         out = (p @ vals.transpose(1, 0, 2)[:, None]).transpose(2, 0, 1, 3)   # (T, Hkv, G, Dv)
         return np.ascontiguousarray(out.reshape(T, H, vals.shape[-1]), dtype=np.float32)
+
+    def head_matmul(self, x, w):
+        return np.ascontiguousarray(np.einsum("tha,hba->thb", x, w), dtype=np.float32)
 
     def act(self, x, kind):
         if kind == "silu":
@@ -152,6 +167,12 @@ class NumpyBackend(Backend):
             return (0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / math.sqrt(2.0)))).astype(np.float32)
         if kind == "relu":
             return np.maximum(x, 0)
+        if kind == "relu2":
+            return np.square(np.maximum(x, 0))
+        if kind == "sigmoid":
+            return 0.5 * (1.0 + np.tanh(0.5 * x))
+        if kind == "tanh":
+            return np.tanh(x)
         raise ValueError(f"unknown activation {kind!r}")
 
     def mul(self, a, b):

@@ -15,6 +15,7 @@ OpFn = Callable[["object", dict], None]
 
 BUILTIN_OPS: dict[str, OpFn] = {
     "embedding": core.embedding,
+    "position_embedding": core.position_embedding,
     "rms_norm": core.rms_norm,
     "layer_norm": core.layer_norm,
     "add": core.add,

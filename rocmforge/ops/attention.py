@@ -5,19 +5,63 @@ Step fields (tensor names are relative to the layer, ``blk.{i}.``):
                                            model has it, else q/k/v (GGUF GLM/Phi-3 files hold either)
   bias: true                               q/k/v (or qkv) carry ``.bias`` tensors
   o_bias: true                             the output projection carries a bias
-  q_norm, k_norm                           per-head RMSNorm weights (Qwen3, Gemma3)
+  q_norm, k_norm                           QK-norm weights (Qwen3, Gemma3: per head, RMSNorm)
+  qk_norm_scope: head | all                per head (default) or over all heads at once (OLMo 2)
+  qk_norm_type: rms | layer                RMSNorm (default) or LayerNorm (Cohere); ``.bias`` optional
+  qk_l2norm: expr                          weightless RMS normalisation of q and k after rope (Llama 4)
   rope: normal | neox | none               pair layout of the rotation
-  rope_dim, rope_base, rope_freqs          rotated dims (partial rotary), theta, GGUF divisors
+  nope: expr                               true: this layer has no rotary embedding (SmolLM3, Cohere 2)
+  rope_dim, rope_base, rope_freqs          rotated dims (partial rotary), theta, the model's GGUF divisors
   rope_scaling: expr                       false: this layer's rope is unscaled (Gemma 3 local layers)
   n_head, n_head_kv, head_dim              default to the hparams of the same names
   scale, window, softcap                   1/sqrt(head_dim), 0 (full), 0 (off) by default
+  chunk: expr                              > 0: keys only from the query's own chunk (Llama 4)
+  alibi: expr                              true: ALiBi distance penalties instead of rope (BLOOM, MPT)
+  alibi_bias_max: expr                     the slope schedule's maximum bias (8)
+  sinks: name                              per-head sink logits in every softmax (gpt-oss)
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .rope import inv_freq
+
+
+def alibi_slopes(n_head: int, bias_max: float = 8.0) -> np.ndarray:
+    """ALiBi's geometric slopes; heads beyond the largest power of two interleave a finer schedule."""
+    n2 = 2 ** math.ceil(math.log2(n_head))
+    slopes = 1.0 / 2.0 ** (np.arange(1, n2 + 1, dtype=np.float64) * bias_max / n2)
+    if n2 != n_head:
+        slopes = np.concatenate([slopes[1::2], slopes[::2]])[:n_head]
+    return slopes.astype(np.float32)
+
+
+def _project(ctx, step, x, H, Hkv, D):
+    """q (T, H*D), k (T, Hkv*D), v (T, Hkv*Dv) from fused or separate projections."""
+    be = ctx.backend
+    bias = bool(ctx.value(step, "bias", False))
+    fused = ctx.tensor(step["qkv"], optional="q" in step) if "qkv" in step else None
+    if fused is not None:
+        qkv = be.linear(x, fused, ctx.tensor(step["qkv"] + ".bias") if bias else None)
+        return qkv[:, : H * D], qkv[:, H * D: (H + Hkv) * D], qkv[:, (H + Hkv) * D:]
+    names = [step["q"], step["k"], step["v"]]
+    joined = ctx.fused(names)          # one matmul where the backend can join the three
+    if joined is not None:
+        qkv = be.linear(x, joined, ctx.fused([n + ".bias" for n in names]) if bias else None)
+        return qkv[:, : H * D], qkv[:, H * D: (H + Hkv) * D], qkv[:, (H + Hkv) * D:]
+    return tuple(be.linear(x, ctx.tensor(n), ctx.tensor(n + ".bias") if bias else None) for n in names)
+
+
+def _qk_norm(ctx, step, t, name):
+    be = ctx.backend
+    eps = ctx.value(step, "eps", "norm_eps")
+    w = ctx.tensor(step[name])
+    if step.get("qk_norm_type", "rms") == "layer":
+        return be.layer_norm(t, w, ctx.tensor(step[name] + ".bias", optional=True), eps)
+    return be.rms_norm(t, w, eps)
 
 
 def attention(ctx, step):
@@ -27,51 +71,55 @@ def attention(ctx, step):
     H = int(ctx.value(step, "n_head", "n_head"))
     Hkv = int(ctx.value(step, "n_head_kv", "n_head_kv"))
     D = int(ctx.value(step, "head_dim", "head_dim"))
-    bias = bool(ctx.value(step, "bias", False))
 
-    fused = ctx.tensor(step["qkv"], optional="q" in step) if "qkv" in step else None
-    if fused is not None:
-        qkv = be.linear(x, fused, ctx.tensor(step["qkv"] + ".bias") if bias else None)
-        q, k, v = qkv[:, : H * D], qkv[:, H * D: (H + Hkv) * D], qkv[:, (H + Hkv) * D:]
-    else:
-        names = [step["q"], step["k"], step["v"]]
-        joined = ctx.fused(names)          # one matmul where the backend can join the three
-        if joined is not None:
-            qkv = be.linear(x, joined, ctx.fused([n + ".bias" for n in names]) if bias else None)
-            q, k, v = qkv[:, : H * D], qkv[:, H * D: (H + Hkv) * D], qkv[:, (H + Hkv) * D:]
-        else:
-            q, k, v = (be.linear(x, ctx.tensor(n), ctx.tensor(n + ".bias") if bias else None) for n in names)
+    q, k, v = _project(ctx, step, x, H, Hkv, D)
+    if "q_norm" in step and step.get("qk_norm_scope", "head") == "all":
+        q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")   # over all heads at once
     q = q.reshape(T, H, D)      # (T, n_head, head_dim)
     k = k.reshape(T, Hkv, D)    # (T, n_head_kv, head_dim)
     v = v.reshape(T, Hkv, -1)
-
-    if "q_norm" in step:
-        eps = ctx.value(step, "eps", "norm_eps")
-        q = be.rms_norm(q, ctx.tensor(step["q_norm"]), eps)
-        k = be.rms_norm(k, ctx.tensor(step["k_norm"]), eps)
+    if "q_norm" in step and step.get("qk_norm_scope", "head") == "head":
+        q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")
 
     style = step.get("rope", "normal")
-    if style != "none":
+    if style != "none" and not ctx.value(step, "nope", False):
         rot = int(ctx.value(step, "rope_dim", D))
         base = float(ctx.value(step, "rope_base", "rope_theta"))
         scaled = bool(ctx.value(step, "rope_scaling", True))
-        factors = ctx.tensor(step["rope_freqs"], optional=True, host=True) if "rope_freqs" in step and scaled else None
+        # one table for the whole model (llama.cpp writes it for llama3 rope scaling), not per layer
+        factors = (ctx.model_tensor(step["rope_freqs"], optional=True, host=True)
+                   if "rope_freqs" in step and scaled else None)
         hp = ctx.hp if scaled else {**ctx.hp, "rope_scaling_type": "none"}
-        freqs, mscale = ctx.cached(("rope", rot, base, scaled), lambda: inv_freq(rot, base, hp, factors))
+        freqs, mscale = ctx.cached(("rope", rot, base, scaled, factors is not None),
+                                   lambda: inv_freq(rot, base, hp, factors))
         q = be.rope(q, ctx.positions, freqs, style, rot, mscale)
         k = be.rope(k, ctx.positions, freqs, style, rot, mscale)
+    if ctx.value(step, "qk_l2norm", False):
+        q, k = be.rms_norm(q, None, ctx.value(step, "l2norm_eps", 1e-6)), be.rms_norm(k, None, ctx.value(step, "l2norm_eps", 1e-6))
 
     scale = float(ctx.value(step, "scale", 1.0 / math.sqrt(D)))
-    window = int(ctx.value(step, "window", 0) or 0)
-    cap = float(ctx.value(step, "softcap", 0.0) or 0.0)
-    if len(ctx.segments) == 1:
-        seg = ctx.segments[0]
-        out = be.attention(q, k, v, seg.cache, ctx.layer, seg.pos0, scale, window, cap)   # (T, H, Dv)
-    else:
-        parts = []
-        for seg in ctx.segments:
-            r = slice(seg.start, seg.start + seg.length)
-            parts.append(be.attention(q[r], k[r], v[r], seg.cache, ctx.layer, seg.pos0, scale, window, cap))
-        out = be.concat(parts)
+    opts = {
+        "window": int(ctx.value(step, "window", 0) or 0),
+        "softcap": float(ctx.value(step, "softcap", 0.0) or 0.0),
+        "chunk": int(ctx.value(step, "chunk", 0) or 0),
+        "alibi": (ctx.cached(("alibi", H, float(ctx.value(step, "alibi_bias_max", 8.0))),
+                             lambda: alibi_slopes(H, float(ctx.value(step, "alibi_bias_max", 8.0))))
+                  if ctx.value(step, "alibi", False) else None),
+        "sinks": ctx.tensor(step["sinks"]) if "sinks" in step else None,
+    }
+    out = _attend(ctx, q, k, v, scale, opts)                                    # (T, H, Dv)
     o_bias = ctx.tensor(step["o"] + ".bias") if ctx.value(step, "o_bias", False) else None
     ctx.set(step["out"], be.linear(out.reshape(T, -1), ctx.tensor(step["o"]), o_bias))
+
+
+def _attend(ctx, q, k, v, scale, opts):
+    """Causal attention of every sequence in the batch against its own cache."""
+    be = ctx.backend
+    if len(ctx.segments) == 1:
+        seg = ctx.segments[0]
+        return be.attention(q, k, v, seg.cache, ctx.layer, seg.pos0, scale, **opts)
+    parts = []
+    for seg in ctx.segments:
+        r = slice(seg.start, seg.start + seg.length)
+        parts.append(be.attention(q[r], k[r], v[r], seg.cache, ctx.layer, seg.pos0, scale, **opts))
+    return be.concat(parts)

@@ -44,3 +44,13 @@ def output(ctx, step):
     if cap:
         y = ctx.backend.softcap(y, cap)
     ctx.set(step["out"], y)
+
+
+def position_embedding(ctx, step):
+    """{op: position_embedding, in, weight: position_embd, offset?: expr, out}: add learned positions (GPT-2).
+
+    ``offset`` shifts the row index (OPT's table starts at row 2)."""
+    be = ctx.backend
+    offset = int(ctx.value(step, "offset", 0) or 0)
+    rows = be.embedding(ctx.model_tensor(step["weight"]), ctx.positions + offset)
+    ctx.set(step["out"], be.add(ctx.get(step["in"]), rows))

@@ -1,7 +1,7 @@
 """Mixture of experts: route each token to its top-k experts, mix their gated FFNs.
 
 {op: moe, in, router: ffn_gate_inp, gate: ffn_gate_exps, up: ffn_up_exps, down: ffn_down_exps,
- n_expert_used?: expr, gating?: softmax|sigmoid, norm_topk?: expr, act?: silu,
+ n_expert_used?: expr, gating?: softmax|sigmoid|<a router of rocmforge.ops.routers>, norm_topk?: expr, act?: silu,
  shared?: {gate, up, down, gate_inp?}, out}
 The shared expert (Qwen2-MoE) runs on every token, scaled by sigmoid(gate_inp(x)) when given.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import TensorMapError
+from .routers import routers
 
 
 def moe(ctx, step):
@@ -23,7 +24,12 @@ def moe(ctx, step):
     if len(set(counts.values())) > 1:
         raise TensorMapError(f"layer {ctx.layer}: expert counts differ between tensors: {counts}")
     logits = be.linear(x, router)                                           # (T, n_expert)
-    weights, ids = be.moe_route(logits, k, step.get("gating", "softmax"), bool(ctx.value(step, "norm_topk", True)))
+    gating = step.get("gating", "softmax")
+    custom = routers().get(gating)
+    if custom is not None:       # a family's own scheme (grouped top-k, correction bias, ...), on the host
+        weights, ids = custom(ctx, step, be.to_numpy(logits))
+    else:
+        weights, ids = be.moe_route(logits, k, gating, bool(ctx.value(step, "norm_topk", True)))
     act = step.get("act", "silu")
     y = be.moe_ffn(x, gate, up, down, weights, ids, act)
     shared = step.get("shared")

@@ -90,10 +90,15 @@ def hf_to_gguf(folder: str | Path, out_path: str | Path, qtype: str = "F32") -> 
     check_complete(spec.map_obj, dict(mapped), hp["n_layer"], str(folder))
     arch = recipe.gguf_archs[0]
     w = gguf.GGUFWriter(str(out_path), arch)
-    for name, h in recipe.hparams.items():
+    written: set[str] = set()
+    # per-layer lists first: a GGUF key may hold a per-layer array or the period it expands
+    for name, h in sorted(recipe.hparams.items(), key=lambda kv: not kv[1].per_layer):
         if not h.gguf or hp.get(name) is None:
             continue
         key = h.gguf[0].replace("{arch}", arch)
+        if key in written:
+            continue
+        written.add(key)
         val = hp[name]
         if isinstance(val, bool):
             w.add_bool(key, val)
