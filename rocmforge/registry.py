@@ -111,13 +111,26 @@ def get(name: str) -> ArchSpec:
     return specs[name]
 
 
+# Architectures shipped as their own distributions: the "no plugin handles" errors name them.
+KNOWN_PLUGINS = {
+    "phi3": "rocmforge-phi3", "Phi3ForCausalLM": "rocmforge-phi3",
+}
+
+
+def _install_hint(*ids: str) -> str:
+    for ident in ids:
+        if ident in KNOWN_PLUGINS:
+            return f" Install its plugin: pip install {KNOWN_PLUGINS[ident]}"
+    return " An architecture plugin may add it (rocmforge list-archs)."
+
+
 def by_gguf_arch(arch_id: str) -> ArchSpec:
     for spec in architectures().values():
         if arch_id in spec.gguf_archs:
             return spec
     known = sorted(a for s in architectures().values() for a in s.gguf_archs)
-    raise UnknownArchitectureError(f"no plugin handles GGUF architecture '{arch_id}'; known: {', '.join(known)}. "
-                                   "An architecture plugin may add it (rocmforge list-archs).")
+    raise UnknownArchitectureError(f"no plugin handles GGUF architecture '{arch_id}'; known: {', '.join(known)}."
+                                   + _install_hint(arch_id))
 
 
 def by_hf_class(classes: list[str], model_type: str | None = None) -> ArchSpec:
@@ -127,4 +140,4 @@ def by_hf_class(classes: list[str], model_type: str | None = None) -> ArchSpec:
                 return spec
     known = sorted(c for s in architectures().values() for c in s.hf_classes)
     raise UnknownArchitectureError(f"no plugin handles HF architectures {classes} (model_type={model_type!r}); "
-                                   f"known: {', '.join(known)}")
+                                   f"known: {', '.join(known)}." + _install_hint(*classes))
