@@ -11,6 +11,12 @@ def _gated(ctx, step, default_act: str):
     be = ctx.backend
     x = ctx.get(step["in"])
     act = step.get("act", default_act)
+    if ctx.value(step, "bias", False):     # gate/up/down carry ``.bias`` tensors (ERNIE 4.5 use_bias)
+        g = be.linear(x, ctx.tensor(step["gate"]), ctx.tensor(step["gate"] + ".bias"))
+        u = be.linear(x, ctx.tensor(step["up"]), ctx.tensor(step["up"] + ".bias"))
+        down = ctx.tensor(step["down"])
+        ctx.set(step["out"], be.linear(be.mul(be.act(g, act), u), down, ctx.tensor(step["down"] + ".bias")))
+        return
     joined = ctx.tensor(step["gate_up"]) if "gate_up" in step else ctx.fused([step["gate"], step["up"]])
     if joined is not None:
         gu = be.linear(x, joined)
@@ -23,7 +29,7 @@ def _gated(ctx, step, default_act: str):
 
 
 def gated_ffn(ctx, step):
-    """{op: swiglu, in, gate, up, down | gate_up, down; act?: silu, out}"""
+    """{op: swiglu, in, gate, up, down | gate_up, down; act?: silu, bias?: expr (gate/up/down biases), out}"""
     _gated(ctx, step, "silu")
 
 

@@ -50,6 +50,9 @@ def _gated(step, has, value):
         yield step["gate"], True
         yield step["up"], True
     yield step["down"], True
+    if value(step, "bias", False):
+        for key in ("gate", "up", "down"):
+            yield step[key] + ".bias", True
 
 
 def _mlp(step, has, value):
