@@ -130,7 +130,7 @@ def test_linear_float(gb, nb, rng, T, qtype):
     check(got, nb.linear(x, nb.weight(raw), bias), 1e-9 if (qtype == "F32" and T <= 8) else TOL_RED, "linear")
 
 
-def _attn_case(gb, nb, rng, T_prefix, T, H, Hkv, D, window=0, cap=0.0, Dv=None, chunks=None):
+def _attn_case(gb, nb, rng, T_prefix, T, H, Hkv, D, window=0, cap=0.0, Dv=None, chunks=None, **extra):
     Dv = Dv or D
     total = T_prefix + T
     cg = gb.new_kv_cache(1, Hkv, D, Dv, total + 3)
@@ -141,9 +141,10 @@ def _attn_case(gb, nb, rng, T_prefix, T, H, Hkv, D, window=0, cap=0.0, Dv=None, 
     pos = 0
     for n in pieces + [T]:
         q, k, v = rand(rng, n, H, D), rand(rng, n, Hkv, D), rand(rng, n, Hkv, Dv)
-        got = gb.to_numpy(gb.attention(gb.upload(q), gb.upload(k), gb.upload(v), cg, 0, pos, scale, window, cap))
-        ref = nb.attention(q, k, v, cn, 0, pos, scale, window, cap)
-        check(got, ref, TOL_RED, f"attention T={n} pos0={pos} H={H} Hkv={Hkv} D={D}")
+        got = gb.to_numpy(gb.attention(gb.upload(q), gb.upload(k), gb.upload(v), cg, 0, pos, scale, window, cap,
+                                       **extra))
+        ref = nb.attention(q, k, v, cn, 0, pos, scale, window, cap, **extra)
+        check(got, ref, TOL_RED, f"attention T={n} pos0={pos} H={H} Hkv={Hkv} D={D} {sorted(extra)}")
         pos += n
 
 
@@ -165,6 +166,35 @@ def test_attention_window_softcap(gb, nb, rng, window, cap):
     _attn_case(gb, nb, rng, 0, 50, 8, 2, 128, window=window, cap=cap)
     _attn_case(gb, nb, rng, 60, 1, 8, 2, 128, window=window, cap=cap)
     _attn_case(gb, nb, rng, 60, 3, 8, 2, 64, window=window, cap=cap)
+
+
+@pytest.mark.parametrize("feature", ["alibi", "sinks", "chunk", "all"])
+def test_attention_alibi_sinks_chunk(gb, nb, rng, feature):
+    """ALiBi slopes, sink logits and chunked visibility, prefill and decode (split-K included)."""
+    from rocmforge.ops.attention import alibi_slopes
+
+    H, Hkv = 12, 4
+    extra = {}
+    if feature in ("alibi", "all"):
+        extra["alibi"] = alibi_slopes(H)          # 12 heads: the interleaved non-power-of-two schedule
+    if feature in ("sinks", "all"):
+        extra["sinks"] = rand(rng, H, scale=3.0)
+    if feature in ("chunk", "all"):
+        extra["chunk"] = 24
+    _attn_case(gb, nb, rng, 0, 70, H, Hkv, 64, **extra)                 # prefill across chunk borders
+    _attn_case(gb, nb, rng, 300, 1, H, Hkv, 64, chunks=[150, 150], **extra)   # decode, several splits
+    _attn_case(gb, nb, rng, 40, 3, H, Hkv, 128, window=9, **extra)
+
+
+def test_head_matmul(gb, nb, rng):
+    x, w = rand(rng, 7, 5, 48), rand(rng, 5, 32, 48)
+    check(gb.to_numpy(gb.head_matmul(gb.upload(x), gb.upload(w))), nb.head_matmul(x, w), TOL_RED, "head_matmul")
+
+
+@pytest.mark.parametrize("kind", ["relu2", "sigmoid", "tanh"])
+def test_new_activations(gb, nb, rng, kind):
+    x = rand(rng, 9, 130, scale=3.0)
+    check(gb.to_numpy(gb.act(gb.upload(x), kind)), nb.act(x, kind), 1e-10, kind)
 
 
 def test_attention_long(gb, nb, rng):
