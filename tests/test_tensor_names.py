@@ -28,6 +28,11 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
     ("gemma2", r"^lm_head$"):
         "Gemma 2 always ties the head: gguf-py lists no 'output' for gemma2 and llama.cpp duplicates "
         "token_embd; an exported lm_head.weight (a copy of the embedding) still has to map somewhere",
+    ("granitemoe", r"^model\.layers\.0\.block_sparse_moe\.(input_linear|experts\.gate_up_proj)$"):
+        "JetMoE-fused gate|up experts, split by hf_fused: llama.cpp's converter splits input_linear "
+        "by hand (GraniteMoeModel.modify_tensors); experts.gate_up_proj is transformers>=5's in-memory name",
+    ("granitemoe", r"^model\.layers\.0\.block_sparse_moe\.(router|experts\.down_proj)$"):
+        "transformers>=5's in-memory names of router.layer and output_linear (its conversion_mapping)",
 }
 
 # (GGUF arch id, canonical name) pairs gguf-py does not list for the architecture, with why we have them.
