@@ -1,0 +1,17 @@
+"""The classic decoder families: GPT-2, GPT-NeoX, Falcon, BLOOM, MPT, Phi-2, StarCoder2, StableLM, Gemma 1.
+
+LayerNorm blocks with biases, learned or ALiBi positions, fused per-head QKV,
+parallel attention + MLP residuals, partial rotary: all recipe options."""
+
+from rocmforge.hookspecs import hookimpl
+from rocmforge.registry import builtin_arch
+
+ARCHS = {
+    "gpt2": "OpenAI GPT-2",
+}
+
+
+@hookimpl
+def register_architectures(register):
+    for name, description in ARCHS.items():
+        register(builtin_arch(name, description=description))
