@@ -53,6 +53,15 @@ def test_registered_from_its_distribution(phi3_plugin):
     assert spec.gguf_archs == ["phi3"] and spec.hf_classes == ["Phi3ForCausalLM"]
 
 
+def test_config_audit(phi3_plugin):
+    """Every Phi3Config key is honoured, inert or refused (as for the built-in families)."""
+    transformers = pytest.importorskip("transformers")
+    from rocmforge.config_audit import unaccounted_hf
+
+    keys = set(transformers.Phi3Config().to_dict()) - set(transformers.PretrainedConfig().to_dict())
+    assert unaccounted_hf(architectures()["phi3"].recipe_obj, keys) == []
+
+
 def test_not_builtin():
     import importlib
 
