@@ -71,7 +71,11 @@ def source_dir(download: bool = True) -> Path | None:
 
 
 def _extract(sdist: Path, dest: Path) -> None:
-    part = dest.with_name(dest.name + ".part")
+    """Unpack the converter's files into ``dest``; safe when several test processes race to do it."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     with tarfile.open(sdist) as tar:
         members = []
         for m in tar.getmembers():
@@ -80,7 +84,10 @@ def _extract(sdist: Path, dest: Path) -> None:
                 m.name = rel[1]
                 members.append(m)
         tar.extractall(part, members=members, filter="data")
-    part.rename(dest)
+    try:
+        part.rename(dest)
+    except OSError:          # another process finished first: keep its copy
+        shutil.rmtree(part, ignore_errors=True)
 
 
 def write_vocab_stub(folder: Path, vocab_size: int) -> None:
