@@ -25,6 +25,9 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
     ("*", r"^model\.layers\.0\.mlp\.experts\.gate_up_proj$"):
         "transformers>=5 in-memory fused experts (gate rows then up rows), split by hf_fused; "
         "converters only ever see the per-expert names save_pretrained writes",
+    ("*", r"^model\.layers\.0\.mlp\.gate\.e_score_correction_bias$"):
+        "a buffer named *_bias, not *.bias: llama.cpp's converter renames it to e_score_correction.bias "
+        "(ModelBase.modify_tensors) before TensorNameMap maps it to exp_probs_b",
     ("gemma2", r"^lm_head$"):
         "Gemma 2 always ties the head: gguf-py lists no 'output' for gemma2 and llama.cpp duplicates "
         "token_embd; an exported lm_head.weight (a copy of the embedding) still has to map somewhere",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import attention, core, ffn, moe
+from . import attention, core, ffn, mla, moe
 
 OpFn = Callable[["object", dict], None]
 
@@ -26,6 +26,7 @@ BUILTIN_OPS: dict[str, OpFn] = {
     "geglu": ffn.geglu,
     "mlp": ffn.mlp,
     "moe": moe.moe,
+    "mla": mla.mla,
 }
 
 

@@ -36,6 +36,9 @@ def make_hf_model(hf_class: str, config: dict[str, Any], folder: str | Path, see
                 p.copy_(p + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.05 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):   # DeepSeek-V3-style selection bias: a buffer, 0 at init
+                b.copy_(0.05 * torch.randn_like(b))
     model = model.to(getattr(torch, dtype))
     model.save_pretrained(folder, safe_serialization=True)
     return folder
