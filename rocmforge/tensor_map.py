@@ -82,6 +82,15 @@ def _rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _qkv_per_group(w: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
+    # HF fused rows per KV group: its q heads, then its k head, then its v head (GPT-NeoX, BLOOM:
+    # one q head per group; Falcon's new decoder: n_head / n_head_kv); GGUF: all q | all k | all v.
+    g = n_head // n_head_kv
+    x = w.reshape(n_head_kv, g + 2, -1, *w.shape[1:])
+    return np.concatenate([x[:, :g].reshape(-1, *w.shape[1:]), x[:, g].reshape(-1, *w.shape[1:]),
+                           x[:, g + 1].reshape(-1, *w.shape[1:])])
+
+
 # transforms that change a tensor's shape: canonical shape from the file's (applied after a split)
 SHAPE_CHANGES: dict[str, Callable[[tuple], tuple]] = {
     "transpose": lambda shape: (*shape[:-2], shape[-1], shape[-2]) if len(shape) >= 2 else shape,
@@ -92,6 +101,7 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "llama_rope_permute_k": lambda w, hp: _rope_permute(w, hp["n_head_kv"]),
     # Gemma's HF norms hold (w - 1); GGUF stores w.
     "add_one": lambda w, hp: w + 1.0,
+    "qkv_per_head": lambda w, hp: _qkv_per_group(w, hp["n_head"], hp["n_head_kv"]),
     # GPT-2's Conv1D keeps weights as (in, out); GGUF and our linear use (out, in).
     "transpose": lambda w, hp: np.ascontiguousarray(np.swapaxes(w, -1, -2)),
 }
