@@ -38,12 +38,17 @@ def scale(ctx, step):
 
 
 def output(ctx, step):
-    """{op: output, in, weight: output, softcap?: expr, out: logits}"""
-    y = ctx.backend.linear(ctx.get(step["in"]), ctx.tensor(step["weight"]))
+    """{op: output, in, weight: output, bias?: expr (true: ``<weight>.bias``, Phi-MoE), softcap?: expr, out: logits}"""
+    bias = ctx.tensor(step["weight"] + ".bias") if ctx.value(step, "bias", False) else None
+    y = ctx.backend.linear(ctx.get(step["in"]), ctx.tensor(step["weight"]), bias)
     cap = ctx.value(step, "softcap", 0.0)
     if cap:
         y = ctx.backend.softcap(y, cap)
     ctx.set(step["out"], y)
+
+
+output.tensors = lambda step, has, value: [(step["weight"], True)] + (
+    [(step["weight"] + ".bias", True)] if value(step, "bias", False) else [])
 
 
 def position_embedding(ctx, step):
