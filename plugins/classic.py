@@ -9,6 +9,7 @@ from rocmforge.registry import builtin_arch
 ARCHS = {
     "gpt2": "OpenAI GPT-2",
     "gptneox": "EleutherAI GPT-NeoX / Pythia",
+    "falcon": "TII Falcon",
 }
 
 
