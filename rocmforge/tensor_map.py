@@ -94,6 +94,7 @@ def _qkv_per_group(w: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
 # transforms that change a tensor's shape: canonical shape from the file's (applied after a split)
 SHAPE_CHANGES: dict[str, Callable[[tuple], tuple]] = {
     "transpose": lambda shape: (*shape[:-2], shape[-1], shape[-2]) if len(shape) >= 2 else shape,
+    "vector": lambda shape: (int(np.prod(shape)),),
 }
 
 TRANSFORMS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
@@ -104,6 +105,8 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "qkv_per_head": lambda w, hp: _qkv_per_group(w, hp["n_head"], hp["n_head_kv"]),
     # GPT-2's Conv1D keeps weights as (in, out); GGUF and our linear use (out, in).
     "transpose": lambda w, hp: np.ascontiguousarray(np.swapaxes(w, -1, -2)),
+    # a 0-d scalar tensor (Apertus' xIELU beta / eps) as a 1-element vector: GGUF tensors have 1-4 dims
+    "vector": lambda w, hp: w.reshape(-1),
 }
 
 

@@ -36,11 +36,16 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
         "by hand (GraniteMoeModel.modify_tensors); experts.gate_up_proj is transformers>=5's in-memory name",
     ("granitemoe", r"^model\.layers\.0\.block_sparse_moe\.(router|experts\.down_proj)$"):
         "transformers>=5's in-memory names of router.layer and output_linear (its conversion_mapping)",
+    ("apertus", r"^model\.layers\.0\.mlp\.act_fn\.(alpha_p|alpha_n|beta|eps)$"):
+        "xIELU's learned scalars: llama.cpp's converter folds them into xielu.* metadata arrays (read as "
+        "hparams when a GGUF lacks these tensors)",
 }
 
 # (GGUF arch id, canonical name) pairs gguf-py does not list for the architecture, with why we have them.
 NOT_IN_GGUF_ARCH: dict[tuple[str, str], str] = {
     ("gemma2", "output"): "tied_to token_embd; only present when an HF export carries lm_head.weight",
+    **{("apertus", f"blk.{{i}}.ffn_xielu_{p}"): "xIELU scalars of an HF checkpoint; llama.cpp's GGUF holds "
+       "them as xielu.* metadata arrays instead" for p in ("alpha_p", "alpha_n", "beta", "eps")},
 }
 
 

@@ -140,3 +140,9 @@ class Backend(ABC):
 
     def synchronize(self) -> None:  # noqa: B027 - optional hook, a no-op on the CPU
         """Wait for queued work (a no-op on the CPU)."""
+
+    @abstractmethod
+    def xielu(self, x: Any, alpha_p: float, alpha_n: float, beta: float, eps: float) -> Any:
+        """xIELU (Apertus), elementwise: alpha_p * x^2 + beta * x for x > 0, else
+        (expm1(min(x, eps)) - x) * alpha_n + beta * x. The coefficients are final (the op has
+        applied the softplus to the learned parameters)."""

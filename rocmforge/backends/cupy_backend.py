@@ -688,3 +688,10 @@ class CupyBackend(Backend):
             wr = cp.asarray(np.asarray(weights, np.float32)[rows, slot])[:, None]
             out[cp.asarray(rows)] += wr * ye
         return out
+
+    def xielu(self, x, alpha_p, alpha_n, beta, eps):
+        cp = self.cp
+        x = self._f32(x)
+        a_p, a_n, b = np.float32(alpha_p), np.float32(alpha_n), np.float32(beta)
+        neg = (cp.expm1(cp.minimum(x, np.float32(eps))) - x) * a_n + b * x
+        return cp.ascontiguousarray(cp.where(x > 0, a_p * x * x + b * x, neg), dtype=cp.float32)

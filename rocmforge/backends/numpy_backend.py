@@ -214,3 +214,9 @@ class NumpyBackend(Backend):
             h = self.act(xe @ gate[e].T, act) * (xe @ up[e].T)
             out[rows] += weights[rows, slot][:, None] * (h @ down[e].T)
         return out
+
+    def xielu(self, x, alpha_p, alpha_n, beta, eps):
+        a_p, a_n, b = np.float32(alpha_p), np.float32(alpha_n), np.float32(beta)
+        pos = a_p * x * x + b * x
+        neg = (np.expm1(np.minimum(x, np.float32(eps))) - x) * a_n + b * x
+        return np.where(x > 0, pos, neg).astype(np.float32, copy=False)

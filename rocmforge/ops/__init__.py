@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import attention, core, ffn, mla, moe
+from .xielu import xielu_mlp
 
 OpFn = Callable[["object", dict], None]
 
@@ -26,6 +27,7 @@ BUILTIN_OPS: dict[str, OpFn] = {
     "geglu": ffn.geglu,
     "mlp": ffn.mlp,
     "moe": moe.moe,
+    "xielu_mlp": xielu_mlp,
     "mla": mla.mla,
 }
 

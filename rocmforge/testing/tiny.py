@@ -36,7 +36,11 @@ def make_hf_model(hf_class: str, config: dict[str, Any], folder: str | Path, see
                 p.copy_(p + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.05 * torch.randn_like(p))
+            elif name.endswith(("act_fn.alpha_p", "act_fn.alpha_n")):   # xIELU (Apertus): learned per layer
+                p.copy_(p + 0.3 * torch.randn_like(p))
         for name, b in model.named_buffers():
+            if name.endswith("act_fn.beta"):                  # xIELU's beta: a buffer, per layer in GGUF
+                b.copy_(b + 0.1 * torch.randn_like(b))
             if name.endswith("e_score_correction_bias"):   # DeepSeek-V3-style selection bias: a buffer, 0 at init
                 b.copy_(0.05 * torch.randn_like(b))
     model = model.to(getattr(torch, dtype))
