@@ -8,3 +8,4 @@ from rocmforge.registry import builtin_arch
 @hookimpl
 def register_architectures(register):
     register(builtin_arch("cohere", description="Cohere Command-R, Aya (dense)"))
+    register(builtin_arch("cohere2", description="Cohere 2 (Command R7B, Command A)"))
