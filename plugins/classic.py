@@ -10,6 +10,7 @@ ARCHS = {
     "gpt2": "OpenAI GPT-2",
     "gptneox": "EleutherAI GPT-NeoX / Pythia",
     "falcon": "TII Falcon",
+    "bloom": "BigScience BLOOM",
 }
 
 

@@ -22,6 +22,9 @@ N_BLOCKS = 4
 # (architecture, HF name regex (with {i} -> 0, suffix removed)) pairs gguf-py's TensorNameMap
 # does not map, with why our pair is right anyway.
 UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
+    ("bloom", r"^transformer\.(word_embeddings_layernorm|h\.0\.post_attention_layernorm)$"):
+        "llama.cpp's BLOOM converter strips 'transformer.' before TensorNameMap, which maps the stripped "
+        "names (word_embeddings_layernorm -> token_embd_norm, h.{bid}.post_attention_layernorm -> ffn_norm)",
     ("*", r"^model\.layers\.0\.mlp\.experts\.gate_up_proj$"):
         "transformers>=5 in-memory fused experts (gate rows then up rows), split by hf_fused; "
         "converters only ever see the per-expert names save_pretrained writes",
