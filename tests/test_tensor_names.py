@@ -31,6 +31,9 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
     ("*", r"^model\.layers\.0\.mlp\.gate\.e_score_correction_bias$"):
         "a buffer named *_bias, not *.bias: llama.cpp's converter renames it to e_score_correction.bias "
         "(ModelBase.modify_tensors) before TensorNameMap maps it to exp_probs_b",
+    ("ernie4_5_moe", r"^model\.layers\.0\.mlp\.(gate\.)?moe_statics\.e_score_correction_bias$"):
+        "the same *_bias buffer under ERNIE's moe_statics (checkpoint name; gate.moe_statics in transformers>=5): "
+        "llama.cpp's converter renames it to e_score_correction.bias before TensorNameMap maps it to exp_probs_b",
     ("gemma2", r"^lm_head$"):
         "Gemma 2 always ties the head: gguf-py lists no 'output' for gemma2 and llama.cpp duplicates "
         "token_embd; an exported lm_head.weight (a copy of the embedding) still has to map somewhere",
