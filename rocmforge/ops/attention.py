@@ -19,6 +19,8 @@ Step fields (tensor names are relative to the layer, ``blk.{i}.``):
   alibi: expr                              true: ALiBi distance penalties instead of rope (BLOOM, MPT)
   alibi_bias_max: expr                     the slope schedule's maximum bias (8)
   sinks: name                              per-head sink logits in every softmax (gpt-oss)
+  temp_scale, temp_floor, temp_offset      > 0: q *= 1 + temp_scale * log(floor((pos + temp_offset) / temp_floor) + 1)
+                                           after rope and norms (Llama 4 NoPE layers, Ministral 3)
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ def attention(ctx, step):
         k = be.rope(k, ctx.positions, freqs, style, rot, mscale)
     if ctx.value(step, "qk_l2norm", False):
         q, k = be.rms_norm(q, None, ctx.value(step, "l2norm_eps", 1e-6)), be.rms_norm(k, None, ctx.value(step, "l2norm_eps", 1e-6))
+    temp = float(ctx.value(step, "temp_scale", 0.0) or 0.0)
+    if temp:    # query temperature by position: 1 + s * log(floor((p + offset) / floor) + 1)
+        pos = (ctx.positions + float(ctx.value(step, "temp_offset", 0.0) or 0.0)) / float(ctx.value(step, "temp_floor"))
+        q = be.mul(q, be.upload((np.log(np.floor(pos) + 1.0) * temp + 1.0).astype(np.float32).reshape(-1, 1, 1)))
 
     scale = float(ctx.value(step, "scale", 1.0 / math.sqrt(D)))
     opts = {

@@ -35,7 +35,14 @@ import convert_hf_to_gguf as conv
 _get = conv.get_model_class
 def get_model_class(name, mmproj=False):
     cls = _get(name, mmproj)
-    for k in cls.__mro__:
+    # every class on the way, and their subclasses: a wrapper (Mistral3Model) delegates to an inner model
+    todo, seen = list(cls.__mro__), set()
+    while todo:
+        k = todo.pop()
+        if k in seen:
+            continue
+        seen.add(k)
+        todo.extend(k.__subclasses__() if k is not object else [])
         if "set_vocab" in k.__dict__:
             k.set_vocab = lambda self: None
     return cls
