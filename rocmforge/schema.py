@@ -201,6 +201,7 @@ class TensorEntry:
     tied_to: str | None = None
     hf_fused: list[str] = field(default_factory=list)   # fused HF tensor(s) holding this one as a row block
     fused_part: tuple[int, int] | None = None          # (part, of) of hf_fused along axis -2
+    hf_transforms: dict[str, str | None] = field(default_factory=dict)   # per-name hf_transform overrides
 
 
 @dataclass
@@ -223,7 +224,22 @@ def parse_tensor_map(data: dict, file: str) -> TensorMap:
             spec = {}
         _expect(isinstance(spec, dict), file, key, "a mapping with hf/hf_transform/hf_fused/optional/tied_to", spec)
         _only_keys(spec, {"hf", "hf_transform", "hf_fused", "optional", "tied_to"}, file, key)
-        hf = _str_list(spec.get("hf", []), file, f"{key}.hf")
+        # an hf item may be {name, transform}: that name's own layout transform (null: none), e.g. a
+        # float checkpoint's fused tensor next to the canonical-layout tensor a loader converted
+        hf_items = spec.get("hf", [])
+        hf_items = [hf_items] if isinstance(hf_items, (str, dict)) else list(hf_items) if isinstance(hf_items, list) \
+            else hf_items
+        per_name: dict[str, str | None] = {}
+        if isinstance(hf_items, list):
+            for j, item in enumerate(hf_items):
+                if isinstance(item, dict):
+                    _expect(set(item) == {"name", "transform"} and isinstance(item["name"], str)
+                            and (item["transform"] is None or isinstance(item["transform"], str)),
+                            file, f"{key}.hf", "a string or a list of strings / {name: <HF name>, "
+                            "transform: <transform name or null>} items", item)
+                    per_name[item["name"]] = item["transform"]
+                    hf_items[j] = item["name"]
+        hf = _str_list(hf_items, file, f"{key}.hf")
         opt = spec.get("optional", False)
         _expect(isinstance(opt, bool), file, f"{key}.optional", "true or false", opt)
         tr = spec.get("hf_transform")
@@ -237,7 +253,7 @@ def parse_tensor_map(data: dict, file: str) -> TensorMap:
                     and isinstance(fz["of"], int) and 0 <= fz["part"] < fz["of"], file, f"{key}.hf_fused",
                     "{name: <HF name(s)>, part: <row block index>, of: <number of equal row blocks>}", fz)
             fused, part = _str_list(fz["name"], file, f"{key}.hf_fused.name"), (fz["part"], fz["of"])
-        out[name] = TensorEntry(name, hf, tr, opt, tied, fused, part)
+        out[name] = TensorEntry(name, hf, tr, opt, tied, fused, part, per_name)
     ign = data.get("ignore", {}) or {}
     _expect(isinstance(ign, dict), file, "ignore", "a mapping with 'hf' and/or 'gguf' lists", ign)
     _only_keys(ign, {"hf", "gguf"}, file, "ignore")

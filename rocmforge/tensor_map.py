@@ -94,6 +94,10 @@ def _qkv_per_group(w: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
 # transforms that change a tensor's shape: canonical shape from the file's (applied after a split)
 SHAPE_CHANGES: dict[str, Callable[[tuple], tuple]] = {
     "transpose": lambda shape: (*shape[:-2], shape[-1], shape[-2]) if len(shape) >= 2 else shape,
+    "even_cols": lambda shape: (*shape[:-1], shape[-1] // 2),
+    "odd_cols": lambda shape: (*shape[:-1], shape[-1] // 2),
+    "even_cols_t": lambda shape: (*shape[:-2], shape[-1] // 2, shape[-2]),
+    "odd_cols_t": lambda shape: (*shape[:-2], shape[-1] // 2, shape[-2]),
     "vector": lambda shape: (int(np.prod(shape)),),
 }
 
@@ -105,6 +109,11 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "qkv_per_head": lambda w, hp: _qkv_per_group(w, hp["n_head"], hp["n_head_kv"]),
     # GPT-2's Conv1D keeps weights as (in, out); GGUF and our linear use (out, in).
     "transpose": lambda w, hp: np.ascontiguousarray(np.swapaxes(w, -1, -2)),
+    # gpt-oss keeps gate and up interleaved along the last axis of an (in, 2*ff) matrix (and its bias)
+    "even_cols": lambda w, hp: np.ascontiguousarray(w[..., 0::2]),
+    "odd_cols": lambda w, hp: np.ascontiguousarray(w[..., 1::2]),
+    "even_cols_t": lambda w, hp: np.ascontiguousarray(np.swapaxes(w[..., 0::2], -1, -2)),
+    "odd_cols_t": lambda w, hp: np.ascontiguousarray(np.swapaxes(w[..., 1::2], -1, -2)),
     # a 0-d scalar tensor (Apertus' xIELU beta / eps) as a 1-element vector: GGUF tensors have 1-4 dims
     "vector": lambda w, hp: w.reshape(-1),
 }
@@ -129,7 +138,7 @@ def map_tensors(tmap: TensorMap, fmt: str, tensors: dict[str, RawTensor], where:
         patterns = []
         for key, entry in tmap.tensors.items():
             for hf in entry.hf:
-                patterns.append((_pattern(hf), key, entry.hf_transform, None))
+                patterns.append((_pattern(hf), key, entry.hf_transforms.get(hf, entry.hf_transform), None))
             for hf in entry.hf_fused:
                 patterns.append((_pattern(hf), key, entry.hf_transform, entry.fused_part))
         ignore = [_pattern(p) for p in tmap.ignore_hf]

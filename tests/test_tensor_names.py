@@ -34,6 +34,10 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
     ("ernie4_5_moe", r"^model\.layers\.0\.mlp\.(gate\.)?moe_statics\.e_score_correction_bias$"):
         "the same *_bias buffer under ERNIE's moe_statics (checkpoint name; gate.moe_statics in transformers>=5): "
         "llama.cpp's converter renames it to e_score_correction.bias before TensorNameMap maps it to exp_probs_b",
+    ("gpt_oss", r"^model\.layers\.0\.mlp\.experts\.(gate_up_proj|down_proj)_bias$"):
+        "transformers' gpt-oss expert biases (gate/up interleaved); llama.cpp's converter renames them "
+        "(gate_up_proj_bias -> gate_proj.bias + up_proj.bias by even/odd column, down_proj_bias -> "
+        "down_proj.bias) before its TensorNameMap lookup",
     ("gemma2", r"^lm_head$"):
         "Gemma 2 always ties the head: gguf-py lists no 'output' for gemma2 and llama.cpp duplicates "
         "token_embd; an exported lm_head.weight (a copy of the embedding) still has to map somewhere",

@@ -142,6 +142,15 @@ class Backend(ABC):
         """Wait for queued work (a no-op on the CPU)."""
 
     @abstractmethod
+    def moe_ffn_oai(self, x: Any, gate: Any, up: Any, down: Any, gate_b: Any, up_b: Any, down_b: Any,
+                    weights: np.ndarray, ids: np.ndarray, alpha: float, limit: float) -> Any:
+        """gpt-oss experts: sum_j weights[t, j] * (down_e(h) + down_b[e]), e = ids[t, j], where
+        g = min(gate_e(x_t) + gate_b[e], limit), u = clip(up_e(x_t) + up_b[e], -limit, limit),
+        h = (u + 1) * g * sigmoid(alpha * g).
+
+        gate/up are (E, ff, d), down (E, d, ff) prepared weights; the biases (E, ff) / (E, d)."""
+
+    @abstractmethod
     def xielu(self, x: Any, alpha_p: float, alpha_n: float, beta: float, eps: float) -> Any:
         """xIELU (Apertus), elementwise: alpha_p * x^2 + beta * x for x > 0, else
         (expm1(min(x, eps)) - x) * alpha_n + beta * x. The coefficients are final (the op has

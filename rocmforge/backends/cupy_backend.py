@@ -689,6 +689,58 @@ class CupyBackend(Backend):
             out[cp.asarray(rows)] += wr * ye
         return out
 
+    def _dense(self, w):
+        """A small prepared tensor (expert biases) as a float32 array of its shape."""
+        if isinstance(w, GpuWeight):
+            return w.typed(self.cp) if w.qtype == "F32" else self.dequant(w).reshape(w.shape)
+        return self._f32(w)
+
+    def _oss_glu(self, g, u, gb, ub, rows_ids, alpha, limit):
+        h = self._out(g.shape)
+        self._launch("moe_oss.hip", "moe_oss_glu", (self._grid1d(g.size),), (256,),
+                     (g, u, gb, ub, rows_ids, h, np.int64(g.size), np.int32(g.shape[1]), np.float32(alpha),
+                      np.float32(limit)))
+        return h
+
+    def _oss_bias_rows(self, y, b, rows_ids):
+        self._launch("moe_oss.hip", "moe_oss_bias_rows", (self._grid1d(y.size),), (256,),
+                     (y, b, rows_ids, np.int64(y.size), np.int32(y.shape[1])))
+        return y
+
+    def moe_ffn_oai(self, x, gate, up, down, gate_b, up_b, down_b, weights, ids, alpha, limit):
+        cp = self.cp
+        self._needs_host("moe_ffn_oai")
+        x = self._f32(x)
+        T = x.shape[0]
+        ids = np.asarray(ids)
+        k = ids.shape[1]
+        d_out = down.shape[-2]
+        gb, ub, db = (cp.ascontiguousarray(self._dense(b), dtype=cp.float32) for b in (gate_b, up_b, down_b))
+        if T * k <= 64 and all(isinstance(w, GpuWeight) for w in (gate, up, down)):
+            idg = cp.asarray(ids.reshape(-1).astype(np.int32))
+            g = self._matvec(x, gate, ids=idg, x_div=k)                 # (T*k, ff)
+            u = self._matvec(x, up, ids=idg, x_div=k)
+            h = self._oss_glu(g, u, gb, ub, idg, alpha, limit)
+            y = self._oss_bias_rows(self._matvec(h, down, ids=idg, x_div=1), db, idg)   # (T*k, d)
+            out = self._out((T, d_out))
+            wts = cp.asarray(np.asarray(weights, np.float32).reshape(-1))
+            self._launch("moe.hip", "moe_combine", (self._grid1d(T * d_out),), (256,),
+                         (y, wts, out, np.int32(T), np.int32(k), np.int32(d_out)))
+            return out
+        # many tokens: group the rows of each expert and use the dense path
+        out = cp.zeros((T, d_out), cp.float32)
+        for e in np.unique(ids):
+            rows, slot = np.nonzero(ids == e)
+            xe = x[cp.asarray(rows)]
+            ge, ue, de = (w.expert(int(e)) if isinstance(w, GpuWeight) else w[int(e)] for w in (gate, up, down))
+            eid = cp.full((len(rows),), int(e), cp.int32)
+            h = self._oss_glu(cp.ascontiguousarray(self.linear(xe, ge)), cp.ascontiguousarray(self.linear(xe, ue)),
+                              gb, ub, eid, alpha, limit)
+            ye = self._oss_bias_rows(cp.ascontiguousarray(self.linear(h, de)), db, eid)
+            wr = cp.asarray(np.asarray(weights, np.float32)[rows, slot])[:, None]
+            out[cp.asarray(rows)] += wr * ye
+        return out
+
     def xielu(self, x, alpha_p, alpha_n, beta, eps):
         cp = self.cp
         x = self._f32(x)

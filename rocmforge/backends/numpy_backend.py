@@ -215,6 +215,17 @@ class NumpyBackend(Backend):
             out[rows] += weights[rows, slot][:, None] * (h @ down[e].T)
         return out
 
+    def moe_ffn_oai(self, x, gate, up, down, gate_b, up_b, down_b, weights, ids, alpha, limit):
+        out = np.zeros((x.shape[0], down.shape[1]), np.float32)
+        for e in np.unique(ids):
+            rows, slot = np.nonzero(ids == e)
+            xe = x[rows]
+            g = np.minimum(xe @ gate[e].T + gate_b[e], np.float32(limit))               # gate: clamped above
+            u = np.clip(xe @ up[e].T + up_b[e], np.float32(-limit), np.float32(limit))  # up: both sides
+            h = (u + 1) * g * self.act(np.float32(alpha) * g, "sigmoid")
+            out[rows] += weights[rows, slot][:, None] * (h @ down[e].T + down_b[e])
+        return out
+
     def xielu(self, x, alpha_p, alpha_n, beta, eps):
         a_p, a_n, b = np.float32(alpha_p), np.float32(alpha_n), np.float32(beta)
         pos = a_p * x * x + b * x

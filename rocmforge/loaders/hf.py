@@ -134,6 +134,10 @@ def read_hf_folder(path: str | os.PathLike[str]) -> LoadedFile:
     if isinstance(qconf, dict) and qconf.get("quant_method") == "quark":
         extra["quant_config"] = qconf
         tensors = _convert_quark(folder, config, tensors)
+    if isinstance(qconf, dict) and qconf.get("quant_method") == "mxfp4":
+        from .mxfp4_experts import convert_mxfp4_experts  # transformers' MXFP4 experts (gpt-oss)
+
+        tensors = convert_mxfp4_experts(tensors, str(folder))
     size = sum(f.stat().st_size for f in files)
     logger.debug("%s: %d tensors in %d file(s)", folder, len(tensors), len(files))
     return LoadedFile("hf", str(folder), config, tensors, size, extra)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import attention, core, ffn, mla, moe
+from . import attention, core, ffn, mla, moe, moe_oss
 from .xielu import xielu_mlp
 
 OpFn = Callable[["object", dict], None]
@@ -29,6 +29,7 @@ BUILTIN_OPS: dict[str, OpFn] = {
     "moe": moe.moe,
     "xielu_mlp": xielu_mlp,
     "mla": mla.mla,
+    "moe_oss": moe_oss.moe_oss,
 }
 
 

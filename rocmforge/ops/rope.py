@@ -39,8 +39,12 @@ def inv_freq(rot_dim: int, base: float, hp: dict, freq_factors: np.ndarray | Non
         def corr_dim(n_rot):
             return (rot_dim * math.log(old_ctx / (n_rot * 2 * math.pi))) / (2 * math.log(base))
 
-        lo = max(math.floor(corr_dim(beta_fast)), 0)
-        hi = min(math.ceil(corr_dim(beta_slow)), rot_dim - 1)
+        # transformers rounds the correction range outwards unless rope_parameters.truncate is false (gpt-oss)
+        truncate = hp.get("rope_yarn_truncate", True)
+        lo, hi = corr_dim(beta_fast), corr_dim(beta_slow)
+        if truncate:
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, rot_dim - 1)
         if lo == hi:
             hi += 0.001
         ramp = np.clip((np.arange(rot_dim // 2, dtype=np.float64) - lo) / (hi - lo), 0, 1)

@@ -62,12 +62,13 @@ def hf_logits(folder: str | Path, ids: list[int]) -> np.ndarray:
 def _tensor_qtype(canon: str, arr: np.ndarray, qtype: str, head: str) -> str:
     """The type llama.cpp's quantizer would give this tensor in a ``qtype`` model.
 
-    Vectors (norms, biases) and MoE routers stay F32; the output matrix (the
+    Vectors (norms), biases (also per-expert (n_expert, rows) ones: llama.cpp quantises only
+    ``*.weight``) and MoE routers stay F32; the output matrix (the
     token embedding when the head is tied) gets Q6_K in low-bit models, or
     Q8_0 where its rows do not fit Q6_K's 256-element blocks."""
     from ..quant import get_format
 
-    if qtype == "F32" or arr.ndim < 2 or ".ffn_gate_inp" in canon:
+    if qtype == "F32" or arr.ndim < 2 or ".ffn_gate_inp" in canon or canon.endswith(".bias"):
         return "F32"
     if qtype in ("F16", "BF16"):
         return qtype
