@@ -11,6 +11,7 @@ ARCHS = {
     "gptneox": "EleutherAI GPT-NeoX / Pythia",
     "falcon": "TII Falcon",
     "bloom": "BigScience BLOOM",
+    "mpt": "MosaicML MPT",
 }
 
 
