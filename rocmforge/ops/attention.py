@@ -8,6 +8,7 @@ Step fields (tensor names are relative to the layer, ``blk.{i}.``):
   q_norm, k_norm                           QK-norm weights (Qwen3, Gemma3: per head, RMSNorm)
   qk_norm_scope: head | all                per head (default) or over all heads at once (OLMo 2)
   qk_norm_type: rms | layer                RMSNorm (default) or LayerNorm (Cohere); ``.bias`` optional
+  qk_norm_after_rope: true                 per-head QK-norm of the rotated q and k (HunYuan), not before rope
   qk_l2norm: expr                          weightless RMS normalisation of q and k after rope (Llama 4)
   rope: normal | neox | none               pair layout of the rotation
   nope: expr                               true: this layer has no rotary embedding (SmolLM3, Cohere 2)
@@ -80,7 +81,8 @@ def attention(ctx, step):
     q = q.reshape(T, H, D)      # (T, n_head, head_dim)
     k = k.reshape(T, Hkv, D)    # (T, n_head_kv, head_dim)
     v = v.reshape(T, Hkv, -1)
-    if "q_norm" in step and step.get("qk_norm_scope", "head") == "head":
+    late_norm = bool(step.get("qk_norm_after_rope", False))
+    if "q_norm" in step and step.get("qk_norm_scope", "head") == "head" and not late_norm:
         q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")
 
     style = step.get("rope", "normal")
@@ -96,6 +98,8 @@ def attention(ctx, step):
                                    lambda: inv_freq(rot, base, hp, factors))
         q = be.rope(q, ctx.positions, freqs, style, rot, mscale)
         k = be.rope(k, ctx.positions, freqs, style, rot, mscale)
+    if "q_norm" in step and late_norm:      # per head, of the rotated q and k (HunYuan)
+        q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")
     if ctx.value(step, "qk_l2norm", False):
         q, k = be.rms_norm(q, None, ctx.value(step, "l2norm_eps", 1e-6)), be.rms_norm(k, None, ctx.value(step, "l2norm_eps", 1e-6))
     temp = float(ctx.value(step, "temp_scale", 0.0) or 0.0)
