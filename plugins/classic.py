@@ -12,6 +12,7 @@ ARCHS = {
     "falcon": "TII Falcon",
     "bloom": "BigScience BLOOM",
     "mpt": "MosaicML MPT",
+    "phi2": "Microsoft Phi-2",
 }
 
 
