@@ -13,6 +13,7 @@ ARCHS = {
     "bloom": "BigScience BLOOM",
     "mpt": "MosaicML MPT",
     "phi2": "Microsoft Phi-2",
+    "starcoder2": "BigCode StarCoder2",
 }
 
 
