@@ -99,6 +99,8 @@ SHAPE_CHANGES: dict[str, Callable[[tuple], tuple]] = {
     "even_cols_t": lambda shape: (*shape[:-2], shape[-1] // 2, shape[-2]),
     "odd_cols_t": lambda shape: (*shape[:-2], shape[-1] // 2, shape[-2]),
     "vector": lambda shape: (int(np.prod(shape)),),
+    "first_half_cols_t": lambda shape: (*shape[:-2], shape[-1] // 2, shape[-2]),
+    "second_half_cols_t": lambda shape: (*shape[:-2], shape[-1] // 2, shape[-2]),
 }
 
 TRANSFORMS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
@@ -116,6 +118,9 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "odd_cols_t": lambda w, hp: np.ascontiguousarray(np.swapaxes(w[..., 1::2], -1, -2)),
     # a 0-d scalar tensor (Apertus' xIELU beta / eps) as a 1-element vector: GGUF tensors have 1-4 dims
     "vector": lambda w, hp: w.reshape(-1),
+    # Llama 4 keeps experts as (E, in, out), gate columns then up columns: halves, transposed
+    "first_half_cols_t": lambda w, hp: np.ascontiguousarray(np.swapaxes(w[..., : w.shape[-1] // 2], -1, -2)),
+    "second_half_cols_t": lambda w, hp: np.ascontiguousarray(np.swapaxes(w[..., w.shape[-1] // 2:], -1, -2)),
 }
 
 

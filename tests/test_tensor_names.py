@@ -49,6 +49,9 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
     ("apertus", r"^model\.layers\.0\.mlp\.act_fn\.(alpha_p|alpha_n|beta|eps)$"):
         "xIELU's learned scalars: llama.cpp's converter folds them into xielu.* metadata arrays (read as "
         "hparams when a GGUF lacks these tensors)",
+    ("llama4", r"^model\.layers\.0\.feed_forward\.experts\.gate_up_proj$"):
+        "(E, n_embd, 2*n_ff) gate columns then up columns: llama.cpp's Llama4Model.modify_tensors splits and "
+        "transposes it into ffn_gate_exps / ffn_up_exps, as first/second_half_cols_t do",
 }
 
 # (GGUF arch id, canonical name) pairs gguf-py does not list for the architecture, with why we have them.

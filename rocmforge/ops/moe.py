@@ -2,7 +2,8 @@
 
 {op: moe, in, router: ffn_gate_inp, gate: ffn_gate_exps, up: ffn_up_exps, down: ffn_down_exps,
  n_expert_used?: expr, gating?: softmax|sigmoid|<a router of rocmforge.ops.routers>, norm_topk?: expr, act?: silu,
- shared?: {gate, up, down, gate_inp?}, out}
+ weight_input?: expr, shared?: {gate, up, down, gate_inp?}, out}
+weight_input: the router weight scales each chosen expert's input instead of its output (Llama 4).
 The shared expert (Qwen2-MoE) runs on every token, scaled by sigmoid(gate_inp(x)) when given.
 """
 
@@ -31,7 +32,16 @@ def moe(ctx, step):
     else:
         weights, ids = be.moe_route(logits, k, gating, bool(ctx.value(step, "norm_topk", True)))
     act = step.get("act", "silu")
-    y = be.moe_ffn(x, gate, up, down, weights, ids, act)
+    if ctx.value(step, "weight_input", False):
+        # Llama 4: each chosen expert runs on x * its router weight (experts are not linear in it)
+        ones = np.ones((ids.shape[0], 1), np.float32)
+        parts = [be.moe_ffn(be.mul(x, be.upload(np.ascontiguousarray(weights[:, j:j + 1], np.float32))),
+                            gate, up, down, ones, ids[:, j:j + 1], act) for j in range(ids.shape[1])]
+        y = parts[0]
+        for part in parts[1:]:
+            y = be.add(y, part)
+    else:
+        y = be.moe_ffn(x, gate, up, down, weights, ids, act)
     shared = step.get("shared")
     if shared:
         h = be.mul(be.act(be.linear(x, ctx.tensor(shared["gate"])), act), be.linear(x, ctx.tensor(shared["up"])))
