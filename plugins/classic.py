@@ -14,6 +14,7 @@ ARCHS = {
     "mpt": "MosaicML MPT",
     "phi2": "Microsoft Phi-2",
     "starcoder2": "BigCode StarCoder2",
+    "stablelm": "Stability AI StableLM",
 }
 
 

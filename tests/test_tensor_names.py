@@ -22,6 +22,9 @@ N_BLOCKS = 4
 # (architecture, HF name regex (with {i} -> 0, suffix removed)) pairs gguf-py's TensorNameMap
 # does not map, with why our pair is right anyway.
 UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
+    ("stablelm", r"^model\.layers\.0\.self_attn\.[qk]_layernorm\.norms$"):
+        "one LayerNorm per head in HF; llama.cpp's converter stacks them as model.layers.{bid}.self_attn."
+        "{q,k}_layernorm, which TensorNameMap maps to attn_q_norm / attn_k_norm",
     ("bloom", r"^transformer\.(word_embeddings_layernorm|h\.0\.post_attention_layernorm)$"):
         "llama.cpp's BLOOM converter strips 'transformer.' before TensorNameMap, which maps the stripped "
         "names (word_embeddings_layernorm -> token_embd_norm, h.{bid}.post_attention_layernorm -> ffn_norm)",
