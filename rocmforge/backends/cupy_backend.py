@@ -433,21 +433,31 @@ class CupyBackend(Backend):
             return self._matvec(x, w, bias)
         return self._gemm(x, w, bias)
 
+    @staticmethod
+    def _per_row(a, D: int) -> bool:
+        """A norm weight/bias that is not one vector of D (Command-R+'s (n_head, head_dim) QK-norm)."""
+        return a is not None and a.size != D
+
     def rms_norm(self, x, w, eps):
         x = self._f32(x)
         D = x.shape[-1]
         y = self._out(x.shape)
+        wide = self._per_row(w, D)       # the kernel scales by one D-vector: broadcast wider weights after
         self._launch("norms.hip", "rms_norm_f32", (x.size // D,), (256,),
-                     (x, _null() if w is None else self._f32(w), y, np.int32(D), np.float32(eps)))
-        return y
+                     (x, _null() if w is None or wide else self._f32(w), y, np.int32(D), np.float32(eps)))
+        return y * self._f32(w) if wide else y
 
     def layer_norm(self, x, w, b, eps):
         x = self._f32(x)
         D = x.shape[-1]
         y = self._out(x.shape)
+        wide = self._per_row(w, D) or self._per_row(b, D)
         self._launch("norms.hip", "layer_norm_f32", (x.size // D,), (256,),
-                     (x, _null() if w is None else self._f32(w), _null() if b is None else self._f32(b), y,
-                      np.int32(D), np.float32(eps)))
+                     (x, _null() if w is None or wide else self._f32(w),
+                      _null() if b is None or wide else self._f32(b), y, np.int32(D), np.float32(eps)))
+        if wide:
+            y = y * self._f32(w) if w is not None else y
+            y = y + self._f32(b) if b is not None else y
         return y
 
     def rope(self, x, positions, inv_freq, style, rot_dim, mscale=1.0):
