@@ -15,6 +15,7 @@ ARCHS = {
     "phi2": "Microsoft Phi-2",
     "starcoder2": "BigCode StarCoder2",
     "stablelm": "Stability AI StableLM",
+    "gemma": "Google Gemma",
 }
 
 
