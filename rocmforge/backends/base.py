@@ -155,3 +155,10 @@ class Backend(ABC):
         """xIELU (Apertus), elementwise: alpha_p * x^2 + beta * x for x > 0, else
         (expm1(min(x, eps)) - x) * alpha_n + beta * x. The coefficients are final (the op has
         applied the softplus to the learned parameters)."""
+
+    @abstractmethod
+    def kv_read(self, cache: Any, layer: int, pos0: int, n: int) -> tuple[Any, Any]:
+        """K and V (n, n_kv_head, head_dim) float32 that layer ``layer`` of ``cache`` holds at positions pos0..pos0+n.
+
+        Layers that share another layer's KV cache (Gemma 4) attend with these: storing them
+        back at the same positions changes nothing."""

@@ -129,12 +129,23 @@ class GpuKVCache:
     """K and V of every layer, (n_layer, max_tokens, n_kv_head, head_dim) fp16, allocated up front."""
 
     def __init__(self, cp, n_layer, n_kv_head, dk, dv, max_tokens):
+        self.cp = cp
         self.max_tokens = int(max_tokens)
         self.n_kv_head, self.dk, self.dv = int(n_kv_head), int(dk), int(dv)
-        self.k = cp.empty((n_layer, max_tokens, n_kv_head, dk), cp.float16)
-        self.v = cp.empty((n_layer, max_tokens, n_kv_head, dv), cp.float16)
+        k = cp.empty((n_layer, max_tokens, n_kv_head, dk), cp.float16)
+        v = cp.empty((n_layer, max_tokens, n_kv_head, dv), cp.float16)
+        self.k, self.v = [k[i] for i in range(n_layer)], [v[i] for i in range(n_layer)]   # per-layer views
         self.length = [0] * n_layer
         self.graph: Any = None      # decode-graph state of this sequence (cupy_graph.decode_step)
+
+    def buffers(self, layer: int, k_shape: tuple, v_shape: tuple):
+        """Layer ``layer``'s K and V; an empty layer whose K/V shape (n_kv_head, head_dim) differs from
+        the model default (Gemma 4 global layers) gets buffers of its own shape."""
+        if self.length[layer] == 0 and (tuple(self.k[layer].shape[1:]) != tuple(k_shape)
+                                        or tuple(self.v[layer].shape[1:]) != tuple(v_shape)):
+            self.k[layer] = self.cp.empty((self.max_tokens, *k_shape), self.cp.float16)
+            self.v[layer] = self.cp.empty((self.max_tokens, *v_shape), self.cp.float16)
+        return self.k[layer], self.v[layer]
 
 
 class _Arena:
@@ -523,7 +534,7 @@ class CupyBackend(Backend):
             raise RocmforgeError(f"sequence of {end} tokens exceeds the context of {cache.max_tokens}")
         if H % Hkv:
             raise RocmforgeError(f"attention: {H} query heads do not group over {Hkv} kv heads")
-        kc, vc = cache.k[layer], cache.v[layer]
+        kc, vc = cache.buffers(layer, k.shape[1:], v.shape[1:])
         nk, nv = k.size, v.size
         # step mode (captured decode): the position is read from the device, and the split-K
         # grid is sized for the longest step this cache allows (the kernels pick the same
@@ -757,3 +768,12 @@ class CupyBackend(Backend):
         a_p, a_n, b = np.float32(alpha_p), np.float32(alpha_n), np.float32(beta)
         neg = (cp.expm1(cp.minimum(x, np.float32(eps))) - x) * a_n + b * x
         return cp.ascontiguousarray(cp.where(x > 0, a_p * x * x + b * x, neg), dtype=cp.float32)
+
+    def kv_read(self, cache, layer, pos0, n):
+        self._needs_host("kv_read")      # host positions: a step that reads shared KV stays eager
+        if pos0 + n > cache.length[layer]:
+            raise RocmforgeError(f"layer {layer} of the KV cache holds {cache.length[layer]} positions, "
+                                 f"not {pos0 + n}: a sharing layer must run after the layer it shares")
+        cp = self.cp
+        k, v = cache.k[layer][pos0:pos0 + n], cache.v[layer][pos0:pos0 + n]
+        return cp.ascontiguousarray(k, dtype=cp.float32), cp.ascontiguousarray(v, dtype=cp.float32)

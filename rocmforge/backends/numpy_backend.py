@@ -15,7 +15,10 @@ from .base import Backend
 
 
 class NumpyKVCache:
-    """Per-layer K and V, (capacity, n_kv_head, head_dim), grown by doubling."""
+    """Per-layer K and V, (capacity, n_kv_head, head_dim), grown by doubling.
+
+    A layer whose K/V differ in shape from the model's default (per-layer head sizes) takes the
+    shape of the first K/V stored in it."""
 
     def __init__(self, n_layer: int, n_kv_head: int, dk: int, dv: int, max_tokens: int):
         cap = min(max_tokens, 256)
@@ -30,6 +33,11 @@ class NumpyKVCache:
             from ..errors import RocmforgeError
 
             raise RocmforgeError(f"sequence of {end} tokens exceeds the context of {self.max_tokens}")
+        if self.length[layer] == 0 and (self.k[layer].shape[1:] != k.shape[1:] or self.v[layer].shape[1:] != v.shape[1:]):
+            # a layer with its own kv heads / head size (Gemma 4 global layers): its first store decides
+            cap = self.k[layer].shape[0]
+            self.k[layer] = np.empty((cap, *k.shape[1:]), np.float32)
+            self.v[layer] = np.empty((cap, *v.shape[1:]), np.float32)
         if end > self.k[layer].shape[0]:
             cap = min(self.max_tokens, max(end, 2 * self.k[layer].shape[0]))
             for buf in (self.k, self.v):
@@ -231,3 +239,11 @@ class NumpyBackend(Backend):
         pos = a_p * x * x + b * x
         neg = (np.expm1(np.minimum(x, np.float32(eps))) - x) * a_n + b * x
         return np.where(x > 0, pos, neg).astype(np.float32, copy=False)
+
+    def kv_read(self, cache, layer, pos0, n):
+        if pos0 + n > cache.length[layer]:
+            from ..errors import RocmforgeError
+
+            raise RocmforgeError(f"layer {layer} of the KV cache holds {cache.length[layer]} positions, "
+                                 f"not {pos0 + n}: a sharing layer must run after the layer it shares")
+        return cache.k[layer][pos0:pos0 + n].copy(), cache.v[layer][pos0:pos0 + n].copy()

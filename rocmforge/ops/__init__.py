@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import attention, core, ffn, mla, moe, moe_oss
+from . import attention, core, ffn, mla, moe, moe_oss, per_layer
 from .xielu import xielu_mlp
 
 OpFn = Callable[["object", dict], None]
@@ -30,6 +30,9 @@ BUILTIN_OPS: dict[str, OpFn] = {
     "xielu_mlp": xielu_mlp,
     "mla": mla.mla,
     "moe_oss": moe_oss.moe_oss,
+    "per_layer_inputs": per_layer.per_layer_inputs,
+    "per_layer_mix": per_layer.per_layer_mix,
+    "scale_by": per_layer.scale_by,
 }
 
 

@@ -12,7 +12,7 @@ Step fields (tensor names are relative to the layer, ``blk.{i}.``):
   qk_l2norm: expr                          weightless RMS normalisation of q and k after rope (Llama 4)
   rope: normal | neox | none               pair layout of the rotation
   nope: expr                               true: this layer has no rotary embedding (SmolLM3, Cohere 2)
-  rope_dim, rope_base, rope_freqs          rotated dims (partial rotary), theta, the model's GGUF divisors
+  rope_dim, rope_base, rope_freqs          rotated dims (partial rotary; 0: the whole head), theta, the model's GGUF divisors
   rope_scaling: expr                       false: this layer's rope is unscaled (Gemma 3 local layers)
   n_head, n_head_kv, head_dim              default to the hparams of the same names
   scale, window, softcap                   1/sqrt(head_dim), 0 (full), 0 (off) by default
@@ -20,6 +20,11 @@ Step fields (tensor names are relative to the layer, ``blk.{i}.``):
   alibi: expr                              true: ALiBi distance penalties instead of rope (BLOOM, MPT)
   alibi_bias_max: expr                     the slope schedule's maximum bias (8)
   sinks: name                              per-head sink logits in every softmax (gpt-oss)
+  v_norm: expr                             weightless RMS normalisation of each value head (Gemma 4)
+  head_dims_from_tensors: true             this layer's head_dim is its q_norm's size, n_head_kv its k rows / head_dim
+                                           (Gemma 4 global layers have their own; the KV cache follows)
+  kv_from: expr                            >= 0: no k/v of its own, attend over that (earlier) layer's cached
+                                           K/V (Gemma 4 KV sharing); -1 (default): its own K/V
   temp_scale, temp_floor, temp_offset      > 0: q *= 1 + temp_scale * log(floor((pos + temp_offset) / temp_floor) + 1)
                                            after rope and norms (Llama 4 NoPE layers, Ministral 3)
 """
@@ -74,20 +79,36 @@ def attention(ctx, step):
     H = int(ctx.value(step, "n_head", "n_head"))
     Hkv = int(ctx.value(step, "n_head_kv", "n_head_kv"))
     D = int(ctx.value(step, "head_dim", "head_dim"))
+    src = int(ctx.value(step, "kv_from", -1))
+    shared = src >= 0                              # K/V come from layer src's cache
+    if step.get("head_dims_from_tensors"):
+        D = int(ctx.tensor(step["q_norm"]).shape[0])
+        if not shared:
+            Hkv = int(ctx.tensor(step["k"]).shape[0]) // D
 
-    q, k, v = _project(ctx, step, x, H, Hkv, D)
-    if "q_norm" in step and step.get("qk_norm_scope", "head") == "all":
-        q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")   # over all heads at once
-    q = q.reshape(T, H, D)      # (T, n_head, head_dim)
-    k = k.reshape(T, Hkv, D)    # (T, n_head_kv, head_dim)
-    v = v.reshape(T, Hkv, -1)
-    late_norm = bool(step.get("qk_norm_after_rope", False))
-    if "q_norm" in step and step.get("qk_norm_scope", "head") == "head" and not late_norm:
-        q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")
+    if shared:
+        bias = bool(ctx.value(step, "bias", False))
+        q = be.linear(x, ctx.tensor(step["q"]), ctx.tensor(step["q"] + ".bias") if bias else None)
+        q = q.reshape(T, H, D)
+        if "q_norm" in step:
+            q = _qk_norm(ctx, step, q, "q_norm")
+        k = v = None
+    else:
+        q, k, v = _project(ctx, step, x, H, Hkv, D)
+        if "q_norm" in step and step.get("qk_norm_scope", "head") == "all":
+            q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")   # over all heads at once
+        q = q.reshape(T, H, D)      # (T, n_head, head_dim)
+        k = k.reshape(T, Hkv, D)    # (T, n_head_kv, head_dim)
+        v = v.reshape(T, Hkv, -1)
+        late_norm = bool(step.get("qk_norm_after_rope", False))
+        if "q_norm" in step and step.get("qk_norm_scope", "head") == "head" and not late_norm:
+            q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")
+        if ctx.value(step, "v_norm", False):
+            v = be.rms_norm(v, None, ctx.value(step, "eps", "norm_eps"))
 
     style = step.get("rope", "normal")
     if style != "none" and not ctx.value(step, "nope", False):
-        rot = int(ctx.value(step, "rope_dim", D))
+        rot = int(ctx.value(step, "rope_dim", D)) or D      # 0: the whole head
         base = float(ctx.value(step, "rope_base", "rope_theta"))
         scaled = bool(ctx.value(step, "rope_scaling", True))
         # one table for the whole model (llama.cpp writes it for llama3 rope scaling), not per layer
@@ -97,8 +118,9 @@ def attention(ctx, step):
         freqs, mscale = ctx.cached(("rope", rot, base, scaled, factors is not None),
                                    lambda: inv_freq(rot, base, hp, factors))
         q = be.rope(q, ctx.positions, freqs, style, rot, mscale)
-        k = be.rope(k, ctx.positions, freqs, style, rot, mscale)
-    if "q_norm" in step and late_norm:      # per head, of the rotated q and k (HunYuan)
+        if k is not None:
+            k = be.rope(k, ctx.positions, freqs, style, rot, mscale)
+    if "q_norm" in step and not shared and late_norm:      # per head, of the rotated q and k (HunYuan)
         q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")
     if ctx.value(step, "qk_l2norm", False):
         q, k = be.rms_norm(q, None, ctx.value(step, "l2norm_eps", 1e-6)), be.rms_norm(k, None, ctx.value(step, "l2norm_eps", 1e-6))
@@ -117,19 +139,25 @@ def attention(ctx, step):
                   if ctx.value(step, "alibi", False) else None),
         "sinks": ctx.tensor(step["sinks"]) if "sinks" in step else None,
     }
-    out = _attend(ctx, q, k, v, scale, opts)                                    # (T, H, Dv)
+    out = _attend(ctx, q, k, v, scale, opts, src if shared else ctx.layer)    # (T, H, Dv)
     o_bias = ctx.tensor(step["o"] + ".bias") if ctx.value(step, "o_bias", False) else None
     ctx.set(step["out"], be.linear(out.reshape(T, -1), ctx.tensor(step["o"]), o_bias))
 
 
-def _attend(ctx, q, k, v, scale, opts):
-    """Causal attention of every sequence in the batch against its own cache."""
+def _attend(ctx, q, k, v, scale, opts, layer=None):
+    """Causal attention of every sequence in the batch against its own cache (layer ``layer`` of it, default this one).
+
+    k, v None: the layer shares ``layer``'s cache; its K/V for these positions are read back
+    (storing them again changes nothing)."""
     be = ctx.backend
-    if len(ctx.segments) == 1:
-        seg = ctx.segments[0]
-        return be.attention(q, k, v, seg.cache, ctx.layer, seg.pos0, scale, **opts)
+    layer = ctx.layer if layer is None else layer
     parts = []
     for seg in ctx.segments:
         r = slice(seg.start, seg.start + seg.length)
-        parts.append(be.attention(q[r], k[r], v[r], seg.cache, ctx.layer, seg.pos0, scale, **opts))
-    return be.concat(parts)
+        if k is None:
+            ks, vs = be.kv_read(seg.cache, layer, seg.pos0, seg.length)
+        else:
+            ks, vs = (k, v) if len(ctx.segments) == 1 else (k[r], v[r])
+        qs = q if len(ctx.segments) == 1 else q[r]
+        parts.append(be.attention(qs, ks, vs, seg.cache, layer, seg.pos0, scale, **opts))
+    return parts[0] if len(parts) == 1 else be.concat(parts)

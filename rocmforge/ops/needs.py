@@ -27,6 +27,17 @@ def _generic(step: dict, has: Callable[[str], bool], value: Callable) -> Iterabl
 
 def _attention(step, has, value):
     bias = bool(value(step, "bias", False))
+    if int(value(step, "kv_from", -1)) >= 0:     # shares an earlier layer's K/V: only q and o of its own
+        for name in (step["q"], step["o"]):
+            yield name, True
+        if bias:
+            yield step["q"] + ".bias", True
+        if value(step, "o_bias", False):
+            yield step["o"] + ".bias", True
+        for key in ("q_norm", "sinks"):
+            if key in step:
+                yield step[key], True
+        return
     if "qkv" in step and ("q" not in step or has(step["qkv"])):
         proj = [step["qkv"]]
     else:

@@ -51,8 +51,14 @@ def inv_freq(rot_dim: int, base: float, hp: dict, freq_factors: np.ndarray | Non
         extrap = 1 - ramp
         inv = (inv / factor) * (1 - extrap) + inv * extrap
         mscale = float(hp.get("rope_yarn_attn_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0))
+    elif kind == "proportional":
+        # Gemma 4 global layers: the first partial_rotary_factor of the pairs rotate (exponents over the
+        # whole head), the rest get frequency 0; the rotation still spans the head (NeoX halves)
+        n_rot = int(float(hp.get("rope_partial_factor") or 1.0) * rot_dim // 2)
+        inv[n_rot:] = 0.0
+        inv = inv / factor
     elif kind not in ("none", "", "default"):
         from ..errors import RocmforgeError
 
-        raise RocmforgeError(f"unsupported rope scaling '{kind}'; supported: none, linear, llama3, yarn")
+        raise RocmforgeError(f"unsupported rope scaling '{kind}'; supported: none, linear, llama3, yarn, proportional")
     return inv.astype(np.float32), mscale
