@@ -444,13 +444,23 @@ class CupyBackend(Backend):
             return self._matvec(x, w, bias)
         return self._gemm(x, w, bias)
 
+    def _norm_param(self, a):
+        """A norm weight/bias as a float32 device array: (n_head, head_dim) QK-norm weights arrive as
+        2-D prepared weights, decoded once."""
+        if not isinstance(a, GpuWeight):
+            return a
+        key = ("norm", id(a))
+        if key not in self._small:
+            self._small[key] = (a, self.dequant(a).reshape(a.shape))   # keep a alive: the id stays unique
+        return self._small[key][1]
+
     @staticmethod
     def _per_row(a, D: int) -> bool:
         """A norm weight/bias that is not one vector of D (Command-R+'s (n_head, head_dim) QK-norm)."""
         return a is not None and a.size != D
 
     def rms_norm(self, x, w, eps):
-        x = self._f32(x)
+        x, w = self._f32(x), self._norm_param(w)
         D = x.shape[-1]
         y = self._out(x.shape)
         wide = self._per_row(w, D)       # the kernel scales by one D-vector: broadcast wider weights after
@@ -459,7 +469,7 @@ class CupyBackend(Backend):
         return y * self._f32(w) if wide else y
 
     def layer_norm(self, x, w, b, eps):
-        x = self._f32(x)
+        x, w, b = self._f32(x), self._norm_param(w), self._norm_param(b)
         D = x.shape[-1]
         y = self._out(x.shape)
         wide = self._per_row(w, D) or self._per_row(b, D)
