@@ -15,15 +15,21 @@ from ..errors import TensorMapError
 from .routers import routers
 
 
+def expert_tensors(ctx, step) -> tuple:
+    """The layer's router (n_expert, n_embd) and gate/up/down stacks (n_expert, rows, cols), counts checked."""
+    router = ctx.tensor(step["router"])
+    gate, up, down = (ctx.tensor(step[n]) for n in ("gate", "up", "down"))
+    counts = {step[n]: t.shape[0] for n, t in (("router", router), ("gate", gate), ("up", up), ("down", down))}
+    if len(set(counts.values())) > 1:
+        raise TensorMapError(f"layer {ctx.layer}: expert counts differ between tensors: {counts}")
+    return router, gate, up, down
+
+
 def moe(ctx, step):
     be = ctx.backend
     x = ctx.get(step["in"])
     k = int(ctx.value(step, "n_expert_used", "n_expert_used"))
-    router = ctx.tensor(step["router"])                                     # (n_expert, n_embd)
-    gate, up, down = (ctx.tensor(step[n]) for n in ("gate", "up", "down"))   # (n_expert, rows, cols)
-    counts = {step[n]: t.shape[0] for n, t in (("router", router), ("gate", gate), ("up", up), ("down", down))}
-    if len(set(counts.values())) > 1:
-        raise TensorMapError(f"layer {ctx.layer}: expert counts differ between tensors: {counts}")
+    router, gate, up, down = expert_tensors(ctx, step)
     logits = be.linear(x, router)                                           # (T, n_expert)
     gating = step.get("gating", "softmax")
     custom = routers().get(gating)

@@ -15,18 +15,14 @@ transformers' GptOssMLP and llama.cpp's LLM_FFN_SWIGLU_OAI_MOE.
 
 from __future__ import annotations
 
-from ..errors import TensorMapError
+from .moe import expert_tensors
 
 
 def moe_oss(ctx, step):
     be = ctx.backend
     x = ctx.get(step["in"])
     k = int(ctx.value(step, "n_expert_used", "n_expert_used"))
-    router = ctx.tensor(step["router"])                                     # (n_expert, n_embd)
-    gate, up, down = (ctx.tensor(step[n]) for n in ("gate", "up", "down"))   # (n_expert, rows, cols)
-    counts = {step[n]: t.shape[0] for n, t in (("router", router), ("gate", gate), ("up", up), ("down", down))}
-    if len(set(counts.values())) > 1:
-        raise TensorMapError(f"layer {ctx.layer}: expert counts differ between tensors: {counts}")
+    router, gate, up, down = expert_tensors(ctx, step)
     logits = be.linear(x, router, ctx.tensor(step["router"] + ".bias"))    # (T, n_expert)
     weights, ids = be.moe_route(logits, k, "softmax", True)
     biases = tuple(ctx.tensor(step[n] + ".bias") for n in ("gate", "up", "down"))   # (n_expert, rows)
