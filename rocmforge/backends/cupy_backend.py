@@ -223,6 +223,7 @@ class CupyBackend(Backend):
         self.mv_rows, self.mv_rpw, self.mv_unroll, self.mv_t1 = MATVEC_ROWS, MATVEC_RPW, MATVEC_UNROLL, True
         self.act_cache = True        # quantise an activation once for the matvecs that share it (q/k/v, gate/up)
         self._act_q8: Any = None     # (x, (xq, xd, xs)) of the last quantised activation
+        self._prof: Any = None       # cupy_profile.Profiler while launches are timed (bench --profile)
 
     # ------------------------------------------------------------ compilation
     def _kernel(self, file: str, name: str, defines: tuple[tuple[str, int], ...] = ()):
@@ -241,7 +242,17 @@ class CupyBackend(Backend):
         return k
 
     def _launch(self, file, name, grid, block, args, defines=(), shared=0):
-        self._kernel(file, name, defines)(grid, block, args, shared_mem=shared)
+        k = self._kernel(file, name, defines)
+        if self._prof is None:
+            k(grid, block, args, shared_mem=shared)
+        else:
+            self._prof.launch(name, k, grid, block, args, shared)
+
+    def _op(self, name, fn, *args, **kw):
+        """``fn(*args, **kw)``: a CuPy op of the backend (cuBLAS matmul, cast, ...), timed while profiling."""
+        if self._prof is None:
+            return fn(*args, **kw)
+        return self._prof.op(name, fn, args, kw)
 
     def _out(self, shape, dtype=None):
         cp = self.cp
@@ -412,14 +423,15 @@ class CupyBackend(Backend):
     def _gemm(self, x, w: GpuWeight, bias=None):
         cp = self.cp
         if w.qtype == "F32":
-            y = x @ w.typed(cp).reshape(-1, w.K).T
+            y = self._op("cublas_gemm_f32", cp.matmul, x, w.typed(cp).reshape(-1, w.K).T)
         elif w.f32_gemm:
-            y = x @ self.dequant(w, dtype="f32").T
+            y = self._op("cublas_gemm_f32", cp.matmul, x, self.dequant(w, dtype="f32").T)
         else:
             w16 = w.typed(cp).reshape(-1, w.K) if w.qtype == "F16" else self.dequant(w, dtype="f16")
-            y = cp.matmul(x.astype(cp.float16), w16.T).astype(cp.float32)
+            x16 = self._op("cupy_cast_f16", x.astype, cp.float16)
+            y = self._op("cupy_cast_f32", self._op("cublas_gemm_f16", cp.matmul, x16, w16.T).astype, cp.float32)
         if bias is not None:
-            y += bias
+            y = self._op("cupy_bias_add", cp.add, y, bias, out=y)
         return y
 
     # ------------------------------------------------------------ ops
@@ -657,11 +669,12 @@ class CupyBackend(Backend):
     def head_matmul(self, x, w):
         cp = self.cp
         w = w if not isinstance(w, GpuWeight) else self.dequant(w).reshape(w.shape)
-        y = cp.matmul(self._f32(x).transpose(1, 0, 2), self._f32(w).transpose(0, 2, 1))   # (H, T, b)
-        return cp.ascontiguousarray(y.transpose(1, 0, 2))
+        y = self._op("cublas_head_matmul", cp.matmul, self._f32(x).transpose(1, 0, 2),
+                     self._f32(w).transpose(0, 2, 1))   # (H, T, b)
+        return self._op("cupy_contiguous", cp.ascontiguousarray, y.transpose(1, 0, 2))
 
     def concat(self, parts):
-        return self.cp.concatenate([self._f32(p) for p in parts], axis=0)
+        return self._op("cupy_concatenate", self.cp.concatenate, [self._f32(p) for p in parts], axis=0)
 
     def argmax(self, x) -> np.ndarray:
         """Row-wise argmax of (T, V) logits on the GPU (greedy sampling); int64 on the host."""
