@@ -38,7 +38,7 @@ class Session:
         if len(ids) == 1:   # a decode step: the GPU replays a captured graph of it
             out = self.model.backend.decode_step(self.model.executor, ids, self.cache, self.n_past)
         if out is None:
-            out = self.model.executor.forward(ids, self.cache, self.n_past)
+            out = self.model.executor.forward(ids, self.cache, self.n_past, last_only=not all_logits)
         self.n_past += len(ids)
         self.tokens.extend(int(i) for i in ids)
         logits = self.model.backend.to_numpy(out)
@@ -48,12 +48,14 @@ class Session:
     def feed_batch(sessions: list[Session], seqs: list[list[int]], all_logits: bool = False) -> list[np.ndarray]:
         """Feed each session its tokens in one batched forward (decode steps of many requests)."""
         model = sessions[0].model
-        out = model.executor.forward_batch([(ids, s.cache, s.n_past) for s, ids in zip(sessions, seqs)])
+        out = model.executor.forward_batch([(ids, s.cache, s.n_past) for s, ids in zip(sessions, seqs)],
+                                           last_only=not all_logits)
         logits = model.backend.to_numpy(out)
         result, row = [], 0
         for s, ids in zip(sessions, seqs):
-            part = logits[row: row + len(ids)]
-            row += len(ids)
+            n = len(ids) if all_logits else 1      # without all_logits the head ran on each last row only
+            part = logits[row: row + n]
+            row += n
             s.n_past += len(ids)
             s.tokens.extend(int(i) for i in ids)
             result.append(part if all_logits else part[-1])

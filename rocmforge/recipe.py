@@ -196,12 +196,17 @@ class Executor:
             self._conditions[key] = bool(expr.evaluate(str(step["if"]), env))
         return self._conditions[key]
 
-    def forward(self, ids, cache: Any, pos0: int, out: str = "logits") -> Any:
-        """Run the recipe for tokens ``ids`` at positions pos0..; returns the ``out`` activation (T, vocab)."""
-        return self.forward_batch([(ids, cache, pos0)], out)
+    def forward(self, ids, cache: Any, pos0: int, out: str = "logits", last_only: bool = False) -> Any:
+        """Run the recipe for tokens ``ids`` at positions pos0..; returns the ``out`` activation (T, vocab).
 
-    def forward_batch(self, items: list[tuple[Any, Any, int]], out: str = "logits") -> Any:
-        """Several sequences at once: [(ids, cache, pos0), ...] -> stacked ``out`` rows in the same order."""
+        ``last_only``: the head runs on the last row only, (1, vocab) (a prefill needs no more)."""
+        return self.forward_batch([(ids, cache, pos0)], out, last_only)
+
+    def forward_batch(self, items: list[tuple[Any, Any, int]], out: str = "logits", last_only: bool = False) -> Any:
+        """Several sequences at once: [(ids, cache, pos0), ...] -> stacked ``out`` rows in the same order.
+
+        ``last_only``: one row per sequence, its last (the head's matmul over the vocabulary and the
+        logits' trip to the host then cost one row per sequence instead of one per token)."""
         segments, start = [], 0
         for seq_ids, cache, pos0 in items:
             segments.append(Segment(start, len(seq_ids), cache, pos0))
@@ -220,5 +225,21 @@ class Executor:
                 if self.on_layer is not None:
                     self.on_layer(layer)
             ctx.layer = None
+            if last_only and len(ids) > len(segments):
+                _keep_last_rows(ctx)
             self._run(self.recipe.head, ctx)
         return ctx.get(out)
+
+
+def _keep_last_rows(ctx: Context) -> None:
+    """Cut every token-row activation down to each sequence's last row before the head runs."""
+    n = len(ctx.ids)
+    if len(ctx.segments) == 1:
+        pick: Any = slice(n - 1, n)
+    else:
+        pick = np.array([s.start + s.length - 1 for s in ctx.segments])
+    for name, value in list(ctx.env.items()):
+        if getattr(value, "shape", None) and value.shape[0] == n:
+            ctx.env[name] = value[pick] if isinstance(pick, slice) else value[ctx.backend.upload(pick)]
+    ctx.positions = ctx.positions[pick]
+    ctx.ids = ctx.ids[pick]

@@ -86,6 +86,17 @@ def test_feed_returns_last_row_by_default(model):
     np.testing.assert_allclose(last, model.logits(PROMPT[:4])[-1], rtol=1e-4, atol=1e-5)
 
 
+def test_prefill_runs_the_head_on_the_last_row_only(model):
+    """A prefill needs one row of logits: the vocabulary matmul and the host copy cost one row, not T."""
+    ex = model.executor
+    out = ex.forward(PROMPT, ex.new_cache(32), 0, last_only=True)
+    assert out.shape == (1, 256)
+    np.testing.assert_allclose(out[0], model.logits(PROMPT)[-1], rtol=1e-5, atol=1e-6)
+    rows = ex.forward_batch([(PROMPT[:5], ex.new_cache(8), 0), (PROMPT[:9], ex.new_cache(16), 0)], last_only=True)
+    assert rows.shape == (2, 256)
+    np.testing.assert_allclose(rows[1], model.logits(PROMPT[:9])[-1], rtol=1e-5, atol=1e-6)
+
+
 def test_feed_needs_tokens(model):
     with pytest.raises(ValueError):
         model.new_session(8).feed([])
