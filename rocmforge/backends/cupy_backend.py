@@ -212,6 +212,8 @@ class CupyBackend(Backend):
         self._kernels: dict[tuple, Any] = {}
         self._arena = _Arena(cp)
         self._small: dict[Any, Any] = {}
+        self._pos_host: Any = None     # the last forward's positions (host array) and their device copy
+        self._pos_dev: Any = None
         if graphs is None:
             graphs = os.environ.get("ROCMFORGE_GPU_GRAPH", "1").strip().lower() not in ("0", "false", "no", "off")
         self.graphs = bool(graphs)
@@ -504,8 +506,13 @@ class CupyBackend(Backend):
             pos = self._step.pos
         elif isinstance(positions, cp.ndarray):
             pos = positions
+        elif positions is self._pos_host:
+            pos = self._pos_dev
         else:
+            # one upload per forward pass, not per rope call: a copy from pageable host memory waits
+            # for the stream to drain, which kept the host from running ahead of the GPU (two per layer)
             pos = cp.asarray(np.asarray(positions, np.int64))
+            self._pos_host, self._pos_dev = positions, pos
         key = ("inv_freq", np.asarray(inv_freq, np.float32).tobytes())
         f = self._small.get(key)
         if f is None:
