@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import DeviceError, RocmforgeError
 from ..quant.formats import GPU_KERNEL_SUFFIX
 from .base import Backend
+from .cupy_moe import CupyMoe
 
 # quant-registry format name -> kernel suffix (matvec_<s>, dequant_<s>) of kernels/rf_quant.h
 # Which kernel runs a format is the quant registry's (GPU_KERNEL_SUFFIX); how it runs is ours:
@@ -189,7 +190,7 @@ def _needs_f32_gemm(qtype: str, host: np.ndarray) -> bool:
     return elem.max_value * 2.0 ** (int(finite.max()) - mx.E8M0_BIAS) > _F16_MAX
 
 
-class CupyBackend(Backend):
+class CupyBackend(CupyMoe, Backend):
     name = "cupy"
     device = "gpu"
 
@@ -692,105 +693,6 @@ class CupyBackend(Backend):
         self._launch("sampling.hip", "argmax_f32", (x2.shape[0],), (256,),
                      (x2, out, np.int32(x2.shape[1])))
         return self.cp.asnumpy(out).astype(np.int64)
-
-    # ------------------------------------------------------------ mixture of experts
-    def moe_route(self, logits, k, gating, norm_topk):
-        cp = self.cp
-        if gating not in ("softmax", "sigmoid"):
-            raise ValueError(f"unknown gating {gating!r}")
-        self._needs_host("moe_route")       # returns host arrays: MoE steps stay eager
-        logits = self._f32(logits)
-        T, E = logits.shape
-        probs = cp.empty((T, E), cp.float32)
-        w = self._out((T, k))
-        ids = self._out((T, k), cp.int32)
-        self._launch("moe.hip", "moe_route", (T,), (self.warp,),
-                     (logits, probs, w, ids, np.int32(E), np.int32(k), np.int32(gating == "sigmoid"),
-                      np.int32(bool(norm_topk))))
-        return cp.asnumpy(w), cp.asnumpy(ids).astype(np.int64)
-
-    def moe_ffn(self, x, gate, up, down, weights, ids, act):
-        cp = self.cp
-        self._needs_host("moe_ffn")
-        x = self._f32(x)
-        T = x.shape[0]
-        ids = np.asarray(ids)
-        k = ids.shape[1]
-        d_out = down.shape[-2]
-        if T * k <= 64 and all(isinstance(w, GpuWeight) for w in (gate, up, down)):
-            idg = cp.asarray(ids.reshape(-1).astype(np.int32))
-            g = self._matvec(x, gate, ids=idg, x_div=k)
-            u = self._matvec(x, up, ids=idg, x_div=k)
-            h = self.act_mul(g, u, act)                                 # (T*k, ff)
-            y = self._matvec(h, down, ids=idg, x_div=1)                 # (T*k, d)
-            out = self._out((T, d_out))
-            wts = cp.asarray(np.asarray(weights, np.float32).reshape(-1))
-            self._launch("moe.hip", "moe_combine", (self._grid1d(T * d_out),), (256,),
-                         (y, wts, out, np.int32(T), np.int32(k), np.int32(d_out)))
-            return out
-        # many tokens: group the rows of each expert and use the dense path
-        out = cp.zeros((T, d_out), cp.float32)
-        for e in np.unique(ids):
-            rows, slot = np.nonzero(ids == e)
-            xe = x[cp.asarray(rows)]
-            ge, ue, de = (w.expert(int(e)) if isinstance(w, GpuWeight) else w[int(e)] for w in (gate, up, down))
-            h = self.act_mul(self.linear(xe, ge), self.linear(xe, ue), act)
-            ye = self.linear(h, de)
-            wr = cp.asarray(np.asarray(weights, np.float32)[rows, slot])[:, None]
-            out[cp.asarray(rows)] += wr * ye
-        return out
-
-    def _dense(self, w):
-        """A small prepared tensor (expert biases) as a float32 array of its shape."""
-        if isinstance(w, GpuWeight):
-            return w.typed(self.cp) if w.qtype == "F32" else self.dequant(w).reshape(w.shape)
-        return self._f32(w)
-
-    def _oss_glu(self, g, u, gb, ub, rows_ids, alpha, limit):
-        h = self._out(g.shape)
-        self._launch("moe_oss.hip", "moe_oss_glu", (self._grid1d(g.size),), (256,),
-                     (g, u, gb, ub, rows_ids, h, np.int64(g.size), np.int32(g.shape[1]), np.float32(alpha),
-                      np.float32(limit)))
-        return h
-
-    def _oss_bias_rows(self, y, b, rows_ids):
-        self._launch("moe_oss.hip", "moe_oss_bias_rows", (self._grid1d(y.size),), (256,),
-                     (y, b, rows_ids, np.int64(y.size), np.int32(y.shape[1])))
-        return y
-
-    def moe_ffn_oai(self, x, gate, up, down, gate_b, up_b, down_b, weights, ids, alpha, limit):
-        cp = self.cp
-        self._needs_host("moe_ffn_oai")
-        x = self._f32(x)
-        T = x.shape[0]
-        ids = np.asarray(ids)
-        k = ids.shape[1]
-        d_out = down.shape[-2]
-        gb, ub, db = (cp.ascontiguousarray(self._dense(b), dtype=cp.float32) for b in (gate_b, up_b, down_b))
-        if T * k <= 64 and all(isinstance(w, GpuWeight) for w in (gate, up, down)):
-            idg = cp.asarray(ids.reshape(-1).astype(np.int32))
-            g = self._matvec(x, gate, ids=idg, x_div=k)                 # (T*k, ff)
-            u = self._matvec(x, up, ids=idg, x_div=k)
-            h = self._oss_glu(g, u, gb, ub, idg, alpha, limit)
-            y = self._oss_bias_rows(self._matvec(h, down, ids=idg, x_div=1), db, idg)   # (T*k, d)
-            out = self._out((T, d_out))
-            wts = cp.asarray(np.asarray(weights, np.float32).reshape(-1))
-            self._launch("moe.hip", "moe_combine", (self._grid1d(T * d_out),), (256,),
-                         (y, wts, out, np.int32(T), np.int32(k), np.int32(d_out)))
-            return out
-        # many tokens: group the rows of each expert and use the dense path
-        out = cp.zeros((T, d_out), cp.float32)
-        for e in np.unique(ids):
-            rows, slot = np.nonzero(ids == e)
-            xe = x[cp.asarray(rows)]
-            ge, ue, de = (w.expert(int(e)) if isinstance(w, GpuWeight) else w[int(e)] for w in (gate, up, down))
-            eid = cp.full((len(rows),), int(e), cp.int32)
-            h = self._oss_glu(cp.ascontiguousarray(self.linear(xe, ge)), cp.ascontiguousarray(self.linear(xe, ue)),
-                              gb, ub, eid, alpha, limit)
-            ye = self._oss_bias_rows(cp.ascontiguousarray(self.linear(h, de)), db, eid)
-            wr = cp.asarray(np.asarray(weights, np.float32)[rows, slot])[:, None]
-            out[cp.asarray(rows)] += wr * ye
-        return out
 
     def xielu(self, x, alpha_p, alpha_n, beta, eps):
         cp = self.cp
