@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import DeviceError, RocmforgeError
 from ..quant.formats import GPU_KERNEL_SUFFIX
 from .base import Backend
+from .cupy_attention import DECODE_MAX_T, CupyAttention, GpuKVCache  # noqa: F401 - both public here too
 from .cupy_moe import CupyMoe
 
 # quant-registry format name -> kernel suffix (matvec_<s>, dequant_<s>) of kernels/rf_quant.h
@@ -60,7 +61,6 @@ MATVEC_MAX_T = 8          # must equal RF_MV_MAXT in kernels/matvec.hip
 MATVEC_ROWS = 4           # warps per matvec block
 MATVEC_RPW = 2            # rows per warp of the block-format matvecs (RF_MV_RPW; H100 sweep, RESULTS.md)
 MATVEC_UNROLL = 1         # groups per lane loaded ahead (RF_MV_UNROLL)
-DECODE_MAX_T = 4          # attention: decode kernel up to this many queries, tiled prefill beyond
 ACT_KINDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "relu2": 4, "sigmoid": 5, "tanh": 6}
 _ARENA_CHUNK = 256 << 20
 _ALIGN = 256
@@ -126,29 +126,6 @@ class GpuWeight:
                          self.f32_gemm)
 
 
-class GpuKVCache:
-    """K and V of every layer, (n_layer, max_tokens, n_kv_head, head_dim) fp16, allocated up front."""
-
-    def __init__(self, cp, n_layer, n_kv_head, dk, dv, max_tokens):
-        self.cp = cp
-        self.max_tokens = int(max_tokens)
-        self.n_kv_head, self.dk, self.dv = int(n_kv_head), int(dk), int(dv)
-        k = cp.empty((n_layer, max_tokens, n_kv_head, dk), cp.float16)
-        v = cp.empty((n_layer, max_tokens, n_kv_head, dv), cp.float16)
-        self.k, self.v = [k[i] for i in range(n_layer)], [v[i] for i in range(n_layer)]   # per-layer views
-        self.length = [0] * n_layer
-        self.graph: Any = None      # decode-graph state of this sequence (cupy_graph.decode_step)
-
-    def buffers(self, layer: int, k_shape: tuple, v_shape: tuple):
-        """Layer ``layer``'s K and V; an empty layer whose K/V shape (n_kv_head, head_dim) differs from
-        the model default (Gemma 4 global layers) gets buffers of its own shape."""
-        if self.length[layer] == 0 and (tuple(self.k[layer].shape[1:]) != tuple(k_shape)
-                                        or tuple(self.v[layer].shape[1:]) != tuple(v_shape)):
-            self.k[layer] = self.cp.empty((self.max_tokens, *k_shape), self.cp.float16)
-            self.v[layer] = self.cp.empty((self.max_tokens, *v_shape), self.cp.float16)
-        return self.k[layer], self.v[layer]
-
-
 class _Arena:
     """Bump allocator over a few large device chunks (weights live as long as the backend)."""
 
@@ -190,7 +167,7 @@ def _needs_f32_gemm(qtype: str, host: np.ndarray) -> bool:
     return elem.max_value * 2.0 ** (int(finite.max()) - mx.E8M0_BIAS) > _F16_MAX
 
 
-class CupyBackend(CupyMoe, Backend):
+class CupyBackend(CupyAttention, CupyMoe, Backend):
     name = "cupy"
     device = "gpu"
 
@@ -526,86 +503,6 @@ class CupyBackend(CupyMoe, Backend):
                       np.int32(style == "neox"), np.float32(mscale)))
         return y
 
-    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens):
-        try:
-            return GpuKVCache(self.cp, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens)
-        except self.cp.cuda.memory.OutOfMemoryError as exc:
-            raise DeviceError(f"out of GPU memory for a KV cache of {max_tokens} tokens ({exc}); "
-                              "ask for a shorter context") from None
-
-    def _att_defines(self, H, Hkv, Dk, Dv):
-        gtot = H // Hkv
-        g = max(d for d in range(1, min(gtot, 8) + 1) if gtot % d == 0)
-        nek = -(-Dk // self.warp)
-        nev = -(-Dv // self.warp)
-        return g, (("ATT_G", g), ("ATT_NEK", nek), ("ATT_NEV", nev))
-
-    def _head_vector(self, a, H: int, what: str):
-        """A per-head float vector (ALiBi slopes, sink logits) on the device, or a null pointer."""
-        if a is None:
-            return _null()
-        if isinstance(a, np.ndarray):
-            key = (what, a.tobytes())
-            if key not in self._small:      # slopes are fixed per model: upload once
-                self._small[key] = self.cp.asarray(np.ascontiguousarray(a, np.float32))
-            a = self._small[key]
-        a = self._f32(a).reshape(-1)
-        if a.size != H:
-            raise RocmforgeError(f"attention: {what} has {a.size} values for {H} heads")
-        return a
-
-    def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0, alibi=None, sinks=None,
-                  chunk=0):
-        q, k, v = self._f32(q), self._f32(k), self._f32(v)
-        T, H, Dk = q.shape
-        Hkv, Dv = k.shape[1], v.shape[2]
-        end = pos0 + T
-        if end > cache.max_tokens:
-            raise RocmforgeError(f"sequence of {end} tokens exceeds the context of {cache.max_tokens}")
-        if H % Hkv:
-            raise RocmforgeError(f"attention: {H} query heads do not group over {Hkv} kv heads")
-        kc, vc = cache.buffers(layer, k.shape[1:], v.shape[1:])
-        nk, nv = k.size, v.size
-        # step mode (captured decode): the position is read from the device, and the split-K
-        # grid is sized for the longest step this cache allows (the kernels pick the same
-        # split as an eager launch from the position, spare blocks exit)
-        step = self._step
-        pos_dev = _null() if step is None else step.pos
-        self._launch("attention.hip", "kv_store", (self._grid1d(max(nk, nv)),), (256,),
-                     (k, v, kc, vc, np.int64(nk), np.int64(nv), np.int64(pos0), np.int64(Hkv * Dk),
-                      np.int64(Hkv * Dv), pos_dev))
-        cache.length[layer] = end
-        slopes = self._head_vector(alibi, H, "alibi slopes")
-        sink = self._head_vector(sinks, H, "attention sinks")
-        chunk = int(chunk or 0)
-        g, defs = self._att_defines(H, Hkv, Dk, Dv)
-        hblocks = Hkv * ((H // Hkv) // g)
-        out = self._out((T, H, Dv))
-        common = (np.int32(T), np.int32(H), np.int32(Hkv), np.int32(Dk), np.int32(Dv), np.int32(pos0),
-                  np.int32(window or 0), np.float32(scale), np.float32(softcap or 0.0))
-        if T <= DECODE_MAX_T:
-            nsplit_cap = max(1, min(-(-2 * self.n_sm // (hblocks * T)), 64))
-            last = end if step is None else cache.max_tokens
-            n_vis = last if not window else min(last, window)
-            n_vis = min(n_vis, chunk) if chunk else n_vis
-            nsplit = max(1, min(nsplit_cap, -(-n_vis // 64)))
-            if nsplit > 1:
-                pa = self._out((nsplit, T, H, Dv))
-                pm = self._out((nsplit, T, H, 2))
-            else:
-                pa = pm = _null()
-            self._launch("attention.hip", "attn_decode", (hblocks, T, nsplit), (4 * self.warp,),
-                         (q, kc, vc, out, pa, pm) + common + (np.int32(nsplit_cap), pos_dev, np.int32(chunk),
-                                                              slopes, sink), defs)
-            if nsplit > 1:
-                self._launch("attention.hip", "attn_combine", (T * H,), (min(256, max(self.warp, Dv)),),
-                             (pa, pm, out, np.int32(T), np.int32(H), np.int32(Dv), np.int32(nsplit_cap),
-                              np.int32(pos0), np.int32(window or 0), pos_dev, np.int32(chunk), sink), defs)
-        else:
-            self._launch("attention.hip", "attn_prefill", (hblocks, -(-T // 8)), (8 * self.warp,),
-                         (q, kc, vc, out) + common + (np.int32(chunk), slopes, sink), defs)
-        return out
-
     def decode_step(self, executor, ids, cache, pos0):
         """Host logits (1, vocab) of one token through the sequence's captured decode graph.
 
@@ -700,12 +597,3 @@ class CupyBackend(CupyMoe, Backend):
         a_p, a_n, b = np.float32(alpha_p), np.float32(alpha_n), np.float32(beta)
         neg = (cp.expm1(cp.minimum(x, np.float32(eps))) - x) * a_n + b * x
         return cp.ascontiguousarray(cp.where(x > 0, a_p * x * x + b * x, neg), dtype=cp.float32)
-
-    def kv_read(self, cache, layer, pos0, n):
-        self._needs_host("kv_read")      # host positions: a step that reads shared KV stays eager
-        if pos0 + n > cache.length[layer]:
-            raise RocmforgeError(f"layer {layer} of the KV cache holds {cache.length[layer]} positions, "
-                                 f"not {pos0 + n}: a sharing layer must run after the layer it shares")
-        cp = self.cp
-        k, v = cache.k[layer][pos0:pos0 + n], cache.v[layer][pos0:pos0 + n]
-        return cp.ascontiguousarray(k, dtype=cp.float32), cp.ascontiguousarray(v, dtype=cp.float32)
