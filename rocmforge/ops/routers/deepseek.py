@@ -38,6 +38,15 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
 
 
+def _weights(ctx, step, scores, ids, norm_default: bool):
+    """The chosen experts' scores, renormalised if asked (+1e-20 as transformers), times the routed scale."""
+    w = np.take_along_axis(scores, ids, axis=-1)
+    if _opt(ctx, step, "norm_topk", norm_default):
+        w = w / (w.sum(-1, keepdims=True) + 1e-20)
+    w = w * float(_opt(ctx, step, "scale", 1.0))
+    return w.astype(np.float32), ids
+
+
 @router("deepseek_v3")
 def deepseek_v3(ctx, step, logits):
     k = int(_opt(ctx, step, "n_expert_used", "n_expert_used"))
@@ -52,12 +61,7 @@ def deepseek_v3(ctx, step, logits):
         mask = _group_mask(choice, n_group, int(_opt(ctx, step, "topk_group", n_group)),
                            lambda g: np.sort(g, axis=-1)[..., -2:].sum(-1))
         choice = np.where(mask, choice, -np.inf)
-    ids = _top(choice, k)
-    w = np.take_along_axis(scores, ids, axis=-1)
-    if _opt(ctx, step, "norm_topk", True):
-        w = w / (w.sum(-1, keepdims=True) + 1e-20)
-    w = w * float(_opt(ctx, step, "scale", 1.0))
-    return w.astype(np.float32), ids
+    return _weights(ctx, step, scores, _top(choice, k), norm_default=True)
 
 
 @router("deepseek_v2")
@@ -72,9 +76,4 @@ def deepseek_v2(ctx, step, logits):
         scores = np.where(mask, scores, 0.0)
     elif method != "greedy":
         raise ValueError(f"deepseek_v2 router: unknown topk_method {method!r} (greedy, group_limited_greedy)")
-    ids = _top(scores, k)
-    w = np.take_along_axis(scores, ids, axis=-1)
-    if _opt(ctx, step, "norm_topk", False):
-        w = w / (w.sum(-1, keepdims=True) + 1e-20)
-    w = w * float(_opt(ctx, step, "scale", 1.0))
-    return w.astype(np.float32), ids
+    return _weights(ctx, step, scores, _top(scores, k), norm_default=False)
