@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP face of `rocmforge serve`: validation, the wire format, streaming, metrics."""
