@@ -173,14 +173,23 @@ class Executor:
             self._cache[key] = make()
         return self._cache[key]
 
-    def new_cache(self, max_tokens: int) -> Any:
-        hp = self.hparams
+    def cache_dims(self) -> dict[str, int]:
+        """The default per-layer K/V shape: n_head_kv, head_dim, head_dim_v (the recipe's ``cache:`` may say)."""
         shape = {"n_head_kv": "n_head_kv", "head_dim": "head_dim", "head_dim_v": "head_dim_v or head_dim"}
         shape.update(self.recipe.cache)
-        env = {"head_dim_v": None, **hp}
-        dims = {k: int(expr.evaluate(v, env)) for k, v in shape.items()}
-        return self.backend.new_kv_cache(hp["n_layer"], dims["n_head_kv"], dims["head_dim"], dims["head_dim_v"],
-                                         max_tokens)
+        env = {"head_dim_v": None, **self.hparams}
+        return {k: int(expr.evaluate(v, env)) for k, v in shape.items()}
+
+    def new_cache(self, max_tokens: int) -> Any:
+        dims = self.cache_dims()
+        return self.backend.new_kv_cache(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
+                                         dims["head_dim_v"], max_tokens)
+
+    def new_paged_cache(self, num_blocks: int, block_size: int) -> Any:
+        """A paged KV store of ``num_blocks`` blocks shared by many sequences (rocmforge.backends.paged)."""
+        dims = self.cache_dims()
+        return self.backend.new_paged_kv(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
+                                         dims["head_dim_v"], num_blocks, block_size)
 
     def _run(self, steps: list[dict], ctx: Context) -> None:
         for step in steps:

@@ -61,6 +61,12 @@ class Backend(ABC):
     def new_kv_cache(self, n_layer: int, n_kv_head: int, head_dim_k: int, head_dim_v: int, max_tokens: int) -> Any:
         """An empty KV cache for one sequence."""
 
+    def new_paged_kv(self, n_layer: int, n_kv_head: int, head_dim_k: int, head_dim_v: int, num_blocks: int,
+                     block_size: int) -> Any:
+        """A paged KV store shared by many sequences (rocmforge.backends.paged); ``store.view(table)``
+        is one sequence's cache, accepted by :meth:`attention` and :meth:`kv_read` like a contiguous one."""
+        raise NotImplementedError(f"the {self.name} backend has no paged KV cache")
+
     @abstractmethod
     def attention(self, q: Any, k: Any, v: Any, cache: Any, layer: int, pos0: int, scale: float,
                   window: int = 0, softcap: float = 0.0, alibi: np.ndarray | None = None,

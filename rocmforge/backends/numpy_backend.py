@@ -49,6 +49,10 @@ class NumpyKVCache:
         self.v[layer][pos0:end] = v
         self.length[layer] = end
 
+    def read(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """K and V of positions 0..n: (n, n_kv_head, head_dim)."""
+        return self.k[layer][:n], self.v[layer][:n]
+
 
 class NumpyBackend(Backend):
     name = "numpy"
@@ -126,11 +130,16 @@ class NumpyBackend(Backend):
     def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens):
         return NumpyKVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens)
 
+    def new_paged_kv(self, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size):
+        from .paged import NumpyPagedKV
+
+        return NumpyPagedKV(n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size)
+
     def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0, alibi=None, sinks=None,
                   chunk=0):
         cache.store(layer, pos0, k, v)
         n_kv = pos0 + q.shape[0]
-        keys, vals = cache.k[layer][:n_kv], cache.v[layer][:n_kv]   # (S, Hkv, D)
+        keys, vals = cache.read(layer, n_kv)    # (S, Hkv, D); a paged cache gathers through its block table
         T, H, D = q.shape
         Hkv = keys.shape[1]
         G = H // Hkv
@@ -246,4 +255,5 @@ class NumpyBackend(Backend):
 
             raise RocmforgeError(f"layer {layer} of the KV cache holds {cache.length[layer]} positions, "
                                  f"not {pos0 + n}: a sharing layer must run after the layer it shares")
-        return cache.k[layer][pos0:pos0 + n].copy(), cache.v[layer][pos0:pos0 + n].copy()
+        k, v = cache.read(layer, pos0 + n)
+        return k[pos0:].copy(), v[pos0:].copy()
