@@ -2,6 +2,12 @@
 
 Order (as llama.cpp and HF apply them): repetition penalty -> temperature ->
 top-k -> top-p -> min-p -> draw. Temperature 0 is greedy.
+
+The serving engine draws through :func:`draw`, which adds OpenAI's presence and frequency
+penalties (over the generated tokens, after the repetition penalty), a constraint mask of the
+allowed tokens (applied before top-k, so a structured output only ever draws allowed tokens)
+and the log-probabilities of the choice, taken from the penalised logits before temperature
+(what vLLM reports).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ class SamplingParams:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -72,3 +80,55 @@ def sample(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator, prev
         return int(np.argmax(logits))
     probs = logits_to_probs(logits, p)
     return int(rng.choice(probs.size, p=probs))
+
+
+def apply_presence_frequency(logits: np.ndarray, output: list[int], presence: float, frequency: float) -> np.ndarray:
+    """OpenAI's penalties: subtract ``presence`` once from every generated token's logit and
+    ``frequency`` times the number of times it was generated."""
+    if not output or (presence == 0 and frequency == 0):
+        return logits
+    ids, counts = np.unique(np.asarray(output, dtype=np.int64), return_counts=True)
+    logits = logits.copy()
+    logits[ids] -= np.float32(presence) + np.float32(frequency) * counts.astype(np.float32)
+    return logits
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    m = z.max()
+    return z - m - np.log(np.exp(z - m).sum())
+
+
+@dataclass
+class Draw:
+    token: int
+    logprob: float | None = None                       # of ``token``, when asked for
+    top_logprobs: list[tuple[int, float]] | None = None   # the k most likely, most likely first
+
+
+def draw(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator, previous: list[int] = (),
+         output: list[int] = (), mask: np.ndarray | None = None, logprobs: int | None = None) -> Draw:
+    """One token for a request: ``previous`` is prompt + output (repetition penalty), ``output``
+    the generated tokens (presence/frequency), ``mask`` the allowed tokens (None: all);
+    ``logprobs`` k >= 0 also reports the chosen token's log-probability and the k most likely."""
+    logits = apply_repetition_penalty(np.asarray(logits, np.float32), list(previous), p.repetition_penalty)
+    logits = apply_presence_frequency(logits, list(output), p.presence_penalty, p.frequency_penalty)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != logits.shape:
+            raise ValueError(f"constraint mask has shape {mask.shape}, the logits {logits.shape}")
+        if not mask.any():
+            raise ValueError("the constraint allows no token at all")
+        allowed = np.where(mask, logits, -np.inf)
+    else:
+        allowed = logits
+    if p.temperature == 0:
+        token = int(np.argmax(allowed))
+    else:
+        probs = logits_to_probs(allowed, p)
+        token = int(rng.choice(probs.size, p=probs))
+    if logprobs is None:
+        return Draw(token)
+    lp = log_softmax(logits)
+    top = np.argsort(-lp, kind="stable")[:logprobs] if logprobs else []
+    return Draw(token, float(lp[token]), [(int(i), float(lp[i])) for i in top])

@@ -17,6 +17,7 @@ import numpy as np
 class Backend(ABC):
     name: str = "?"
     device: str = "cpu"
+    kv_bytes: int = 4          # bytes per K/V element of its KV caches (sizes the paged pool)
 
     # -- data movement
     @abstractmethod
@@ -84,6 +85,10 @@ class Backend(ABC):
     @abstractmethod
     def act(self, x: Any, kind: str) -> Any:
         """Elementwise activation: silu, gelu (erf), gelu_tanh, relu, relu2 (relu(x)^2), sigmoid, tanh."""
+
+    def act_mul(self, g: Any, u: Any, kind: str) -> Any:
+        """act(g) * u, the middle of a gated FFN (a backend may do it in one pass)."""
+        return self.mul(self.act(g, kind), u)
 
     @abstractmethod
     def mul(self, a: Any, b: Any) -> Any: ...

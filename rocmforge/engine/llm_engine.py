@@ -1,0 +1,224 @@
+"""The synchronous engine: scheduler + cache manager + model step + per-request sampling, one step at a time.
+
+``add_request`` / ``abort`` / ``step`` are all a test or a benchmark needs; rocmforge.engine.async_engine
+runs the same loop in a background thread for the server. Not thread-safe: one thread drives it.
+
+A failure inside one request (its constraint raises, its forward fails, e.g. out of memory) finishes
+that request with finish_reason "error"; the others go on. When the batched forward fails, each
+sequence is run alone once to find which one it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterable
+
+import numpy as np
+
+from ..sampler import SamplingParams, draw, log_softmax
+from .block_pool import BlockPool
+from .kv_cache_manager import KVCacheManager, blocks_for
+from .model_step import ModelStep, StepItem, blocks_for_memory
+from .protocol import EngineRequest, EngineStats, SamplingOptions, TokenEvent
+from .request import Request
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POOL_TOKENS = 2048     # per seat, when neither kv_cache_gb nor num_blocks is given
+
+
+def sampling_params(s: SamplingOptions) -> SamplingParams:
+    """The sampler's parameters for a request (ValueError for values out of range)."""
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not -2.0 <= float(getattr(s, name)) <= 2.0:
+            raise ValueError(f"{name} must be in [-2, 2], got {getattr(s, name)}")
+    if s.logprobs is not None and s.logprobs < 0:
+        raise ValueError(f"logprobs must be >= 0, got {s.logprobs}")
+    return SamplingParams(temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p),
+                          min_p=float(s.min_p), repetition_penalty=float(s.repetition_penalty), seed=s.seed,
+                          presence_penalty=float(s.presence_penalty), frequency_penalty=float(s.frequency_penalty))
+
+
+class LLMEngine:
+    """Continuous batching over a paged KV cache.
+
+    ``model``: a rocmforge Model (its tokenizer's EOS ids stop requests unless ``ignore_eos``).
+    The pool holds ``num_blocks`` blocks of ``block_size`` tokens, or as many as ``kv_cache_gb`` GiB
+    hold, or by default ``max_num_seqs`` x min(max_model_len, 2048) tokens. ``model_step``: a stand-in
+    for the model (tests drive the scheduler with a fake one; ``model`` may then be None)."""
+
+    def __init__(self, model, max_num_seqs: int = 16, max_model_len: int | None = None,
+                 kv_cache_gb: float | None = None, num_blocks: int | None = None, block_size: int = 16,
+                 max_num_batched_tokens: int = 512, enable_prefix_caching: bool = True,
+                 model_step=None, eos_ids: Iterable[int] | None = None):
+        if max_model_len is None:
+            if model is None:
+                raise ValueError("max_model_len is needed without a model")
+            max_model_len = model.context_length
+        if num_blocks is None:
+            if kv_cache_gb is not None:
+                num_blocks = blocks_for_memory(model, kv_cache_gb, block_size)
+            else:
+                num_blocks = max_num_seqs * blocks_for(min(max_model_len, DEFAULT_POOL_TOKENS), block_size)
+                num_blocks = max(num_blocks, blocks_for(max_model_len, block_size))
+        self.model = model
+        self.max_model_len = int(max_model_len)
+        self.pool = BlockPool(int(num_blocks), block_size, enable_caching=enable_prefix_caching)
+        self.kv = KVCacheManager(self.pool)
+        self.scheduler = Scheduler(self.kv, max_num_seqs, max_num_batched_tokens, self.max_model_len)
+        self.runner = model_step if model_step is not None else ModelStep(model, int(num_blocks), block_size)
+        self.vocab_size = int(self.runner.vocab_size)
+        if eos_ids is None:
+            tok = getattr(model, "tokenizer", None) if model is not None else None
+            eos_ids = tok.eos_ids if tok is not None else ()
+        self.eos_ids = frozenset(int(i) for i in eos_ids)
+        self.requests: dict[Hashable, Request] = {}
+        self._arrivals = 0
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    # ---- requests
+    def add_request(self, request: EngineRequest) -> None:
+        """Queue ``request``; ValueError if it can never run (or its id is in use)."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        bad = [t for t in request.prompt_ids if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        req = Request(request, self._arrivals, self.eos_ids)
+        req.params = sampling_params(request.sampling)
+        self.scheduler.add(req)
+        self._arrivals += 1
+        self.requests[req.request_id] = req
+        self.prompt_tokens_total += len(req.prompt_ids)
+
+    def abort(self, request_id: Hashable) -> TokenEvent | None:
+        """End ``request_id`` now and free its blocks; its last event, or None if it is not here."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        return self._finish(req, "abort")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # ---- one step
+    def step(self) -> list[TokenEvent]:
+        """Schedule, run one batched forward, sample: the events this step made."""
+        batch = self.scheduler.schedule()
+        for req in batch.preempted:
+            self.runner.release(req.request_id)
+        if not batch:
+            return []
+        if self.kv.pending_copies:
+            self.runner.copy_blocks(self.kv.pending_copies)
+            self.kv.pending_copies = []
+        items = [StepItem(req.request_id, req.tokens[req.num_computed:req.num_computed + n], req.num_computed,
+                          self.kv.block_table(req.request_id), all_rows=self._wants_rows(req))
+                 for req, n in batch.items]
+        results = self._forward(items)
+        events = []
+        for (req, n), it, out in zip(batch.items, items, results):
+            if isinstance(out, Exception):
+                events.append(self._finish(req, "error", f"the model step failed: {_describe(out)}"))
+                continue
+            if it.all_rows:
+                self._prompt_logprobs(req, it.pos0, out)
+                out = out[-1]
+            self.scheduler.advance(req, n)
+            if req.num_computed < req.num_tokens:     # a prompt chunk: nothing to sample yet
+                continue
+            events.append(self._sample(req, out))
+        return events
+
+    def _forward(self, items: list[StepItem]) -> list:
+        try:
+            return self.runner.run(items)
+        except Exception as exc:     # noqa: BLE001 - one bad sequence must not take the batch down
+            if len(items) == 1:
+                log.warning("model step failed for %s: %s", items[0].seq_id, _describe(exc))
+                return [exc]
+            log.warning("batched model step failed (%s); running its %d sequences alone", _describe(exc), len(items))
+        out = []
+        for it in items:
+            try:
+                out.append(self.runner.run([it])[0])
+            except Exception as exc:     # noqa: BLE001
+                log.warning("model step failed for %s: %s", it.seq_id, _describe(exc))
+                out.append(exc)
+        return out
+
+    def _wants_rows(self, req: Request) -> bool:
+        return req.prompt_logprobs is not None and len(req.prompt_logprobs) < len(req.prompt_ids)
+
+    def _prompt_logprobs(self, req: Request, pos0: int, rows: np.ndarray) -> None:
+        # row j predicts position pos0 + j + 1
+        for j in range(rows.shape[0]):
+            p = pos0 + j + 1
+            if p == len(req.prompt_logprobs) and p < len(req.prompt_ids):
+                req.prompt_logprobs.append(float(log_softmax(rows[j])[req.prompt_ids[p]]))
+
+    def _sample(self, req: Request, logits: np.ndarray) -> TokenEvent:
+        try:
+            mask = req.constraint.allowed() if req.constraint is not None else None
+            d = draw(logits, req.params, req.rng, req.tokens, req.output_ids, mask, req.sampling.logprobs)
+        except Exception as exc:     # noqa: BLE001 - a constraint's failure is its request's alone
+            return self._finish(req, "error", f"sampling failed: {_describe(exc)}")
+        if d.token in req.stop_ids:
+            return self._finish(req, "stop")
+        req.append(d.token)
+        self.generation_tokens_total += 1
+        reason = None
+        try:
+            if req.constraint is not None:
+                req.constraint.accept(d.token)
+                if req.constraint.is_finished():
+                    reason = "stop"
+        except Exception as exc:     # noqa: BLE001
+            return self._finish(req, "error", f"the constraint failed: {_describe(exc)}", d.token)
+        if reason is None and (len(req.output_ids) >= req.sampling.max_tokens or req.num_tokens >= self.max_model_len):
+            reason = "length"
+        if reason is not None:
+            return self._finish(req, reason, token=d.token, logprob=d.logprob, top=d.top_logprobs)
+        return self._event(req, d.token, d.logprob, d.top_logprobs)
+
+    def _finish(self, req: Request, reason: str, error: str | None = None, token: int | None = None,
+                logprob: float | None = None, top=None) -> TokenEvent:
+        self.scheduler.finish(req, reason, error)
+        self.runner.release(req.request_id)
+        self.requests.pop(req.request_id, None)
+        return self._event(req, token, logprob, top, reason, error)
+
+    def _event(self, req: Request, token, logprob=None, top=None, reason=None, error=None) -> TokenEvent:
+        plp = None
+        if req.prompt_logprobs is not None and not req.prompt_logprobs_sent:
+            plp, req.prompt_logprobs_sent = list(req.prompt_logprobs), True
+        return TokenEvent(req.request_id, token, logprob, top, plp, reason, error, len(req.prompt_ids),
+                          len(req.output_ids), req.num_cached_prompt)
+
+    # ---- reports
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
+            preempted_total=self.scheduler.preempted_total, kv_blocks_total=self.pool.num_blocks,
+            kv_blocks_used=self.pool.num_used, prefix_queries_total=self.kv.prefix_queries,
+            prefix_hits_total=self.kv.prefix_hits, prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            extra={"kv_blocks_cached": float(self.pool.num_cached), "kv_block_evictions": float(self.pool.evictions),
+                   "block_size": float(self.pool.block_size)})
+
+    def run_to_completion(self, requests: Iterable[EngineRequest]) -> dict[Hashable, list[TokenEvent]]:
+        """Add ``requests`` and step until all are done: every request's events (tests, benchmarks)."""
+        out: dict[Hashable, list[TokenEvent]] = {}
+        for r in requests:
+            self.add_request(r)
+            out[r.request_id] = []
+        while self.has_unfinished():
+            for ev in self.step():
+                out.setdefault(ev.request_id, []).append(ev)
+        return out
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
