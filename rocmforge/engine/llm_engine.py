@@ -79,13 +79,20 @@ class LLMEngine:
         self.generation_tokens_total = 0
 
     # ---- requests
+    def validate(self, request: EngineRequest) -> None:
+        """ValueError if ``request`` could never run here. Reads only the engine's fixed settings, so
+        another thread may call it while this one steps."""
+        bad = [t for t in request.prompt_ids if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self.scheduler.check(Request(request, -1))
+        sampling_params(request.sampling)
+
     def add_request(self, request: EngineRequest) -> None:
         """Queue ``request``; ValueError if it can never run (or its id is in use)."""
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
-        bad = [t for t in request.prompt_ids if not 0 <= int(t) < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self.validate(request)
         req = Request(request, self._arrivals, self.eos_ids)
         req.params = sampling_params(request.sampling)
         self.scheduler.add(req)
@@ -99,6 +106,11 @@ class LLMEngine:
         if req is None:
             return None
         return self._finish(req, "abort")
+
+    def fail(self, request_id: Hashable, message: str) -> TokenEvent | None:
+        """End ``request_id`` with finish_reason "error" and ``message``; None if it is not here."""
+        req = self.requests.get(request_id)
+        return self._finish(req, "error", message) if req is not None else None
 
     def has_unfinished(self) -> bool:
         return self.scheduler.num_unfinished > 0
