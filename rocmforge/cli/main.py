@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import RocmforgeError
 
 # Each module exposes add_parser(subparsers); order is the order in --help.
-COMMANDS = ("list_archs", "info", "run", "chat", "bench", "conformance")
+COMMANDS = ("list_archs", "info", "run", "chat", "serve", "bench", "conformance")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -181,3 +181,17 @@ def test_shutdown_reaches_the_engine(engine, smollm):
     with TestClient(create_app(engine, smollm)):
         pass
     assert engine.shut
+
+
+def test_serve_help_teaches_and_python_m_works():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rocmforge", "serve", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    for words in ("--max-num-seqs", "--kv-cache-gb", "--max-body-mb", "examples:", "openai.OpenAI", "/metrics"):
+        assert words in out.stdout, words
+    bad = subprocess.run([sys.executable, "-m", "rocmforge", "serve", "smollm2", "--max-num-seqs", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "must be > 0" in bad.stderr

@@ -1,0 +1,106 @@
+"""``rocmforge serve MODEL``: the OpenAI-compatible HTTP API (FastAPI on uvicorn) over the serving engine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..errors import RocmforgeError
+from .common import add_model_args, load
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+examples:
+  rocmforge serve smollm2                                  # http://127.0.0.1:8000/v1
+  rocmforge serve model.gguf --device gpu --max-num-seqs 64 --kv-cache-gb 8
+  rocmforge serve smollm2 --port 9000 --served-model-name smol --max-model-len 4096
+
+then, from any OpenAI client:
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 32}'
+  python -c "import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-'); \\
+print(c.completions.create(model='smol', prompt='Once', max_tokens=16).choices[0].text)"
+
+endpoints: /v1/models, /v1/completions, /v1/chat/completions (SSE with "stream": true),
+/tokenize, /detokenize, /health, /metrics (Prometheus, vLLM's names), /docs, /openapi.json
+needs the serve extra: pip install "rocmforge[serve]"
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API",
+                       description="Serve MODEL over HTTP with the OpenAI API: completions and chat completions "
+                                   "(streamed as server-sent events), structured outputs (JSON schema, regex, "
+                                   "grammar), continuous batching over a paged KV cache with prefix caching.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the model name clients send and /v1/models lists (default: the file or folder name)")
+    g = p.add_argument_group("engine")
+    g.add_argument("--max-num-seqs", type=_positive, metavar="N", help="requests in one running batch")
+    g.add_argument("--max-model-len", type=_positive, metavar="L",
+                   help="longest prompt + completion, in tokens (default: the model's context)")
+    g.add_argument("--kv-cache-gb", type=_positive_float, metavar="G", help="memory for the paged KV cache")
+    g.add_argument("--block-size", type=_positive, metavar="B", help="tokens per KV block (default 16)")
+    g.add_argument("--max-num-batched-tokens", type=_positive, metavar="T",
+                   help="tokens in one step: a long prompt's prefill is chunked to fit beside running decodes")
+    p.add_argument("--max-body-mb", type=_positive_float, default=4.0,
+                   help="largest request body, in MB (default 4); larger ones get a 413 before they are read")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn's log level (default warning)")
+    p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def engine_kwargs(args) -> dict:
+    """Only what the user set: everything else is the engine's own default."""
+    names = ("max_num_seqs", "max_model_len", "kv_cache_gb", "block_size", "max_num_batched_tokens")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def serve_app(app, host: str, port: int, log_level: str = "warning") -> None:
+    import uvicorn
+
+    # one worker: the engine lives in this process and owns the device
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=5)
+
+
+def run(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise RocmforgeError(f"rocmforge serve needs the serve extra ({exc.name} is missing): "
+                             f"pip install 'rocmforge[serve]'") from None
+    try:
+        from ..engine.async_engine import AsyncEngine
+    except ImportError as exc:
+        raise RocmforgeError(f"the serving engine is not available in this install: {exc}") from None
+    from ..server import create_app
+
+    model = load(args)
+    if model.tokenizer is None:
+        raise RocmforgeError(f"{args.model} has no tokenizer; rocmforge serve needs one")
+    engine = AsyncEngine(model, **engine_kwargs(args))
+    app = create_app(engine, model, served_model_name=args.served_model_name,
+                     max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    print(f"rocmforge: serving {args.served_model_name or model.path} ({model.arch} on {model.backend.name}) "
+          f"at http://{args.host}:{args.port}/v1", flush=True)
+    serve_app(app, args.host, args.port, args.log_level)
+    return 0
