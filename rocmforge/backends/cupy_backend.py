@@ -40,6 +40,7 @@ from .base import Backend
 from .cupy_attention import DECODE_MAX_T, CupyAttention, GpuKVCache  # noqa: F401 - both public here too
 from .cupy_elementwise import ACT_KINDS, CupyElementwise  # noqa: F401 - ACT_KINDS: public here too
 from .cupy_moe import CupyMoe
+from .cupy_paged import CupyPaged
 
 # quant-registry format name -> kernel suffix (matvec_<s>, dequant_<s>) of kernels/rf_quant.h
 # Which kernel runs a format is the quant registry's (GPU_KERNEL_SUFFIX); how it runs is ours:
@@ -167,7 +168,7 @@ def _needs_f32_gemm(qtype: str, host: np.ndarray) -> bool:
     return elem.max_value * 2.0 ** (int(finite.max()) - mx.E8M0_BIAS) > _F16_MAX
 
 
-class CupyBackend(CupyAttention, CupyMoe, CupyElementwise, Backend):
+class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
     name = "cupy"
     device = "gpu"
 
