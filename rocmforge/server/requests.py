@@ -118,7 +118,8 @@ def sampling_options(body: SamplingFields, prompt_len: int, max_model_len: int, 
                      prompt_logprobs: bool = False) -> SamplingOptions:
     return SamplingOptions(
         max_tokens=_max_tokens(body, prompt_len, max_model_len),
-        temperature=1.0 if body.temperature is None else body.temperature,
+        # as vLLM: a temperature this small is greedy (dividing logits by it would overflow to inf/NaN)
+        temperature=1.0 if body.temperature is None else (0.0 if body.temperature < 1e-5 else body.temperature),
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=max(0, body.top_k or 0),
         min_p=body.min_p or 0.0,

@@ -21,17 +21,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _engine_landed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("rocmforge.engine.async_engine") is not None
-
-
 @pytest.fixture(scope="session")
 def server(smollm):
-    """A real ``rocmforge serve smollm2`` process on 127.0.0.1: its base URL. Killed at the end.
-
-    Until the batching engine exists, the same app runs over the test's reference engine."""
+    """A real ``python -m rocmforge serve smollm2`` process on 127.0.0.1: its base URL. Killed at the end."""
     import os
     import subprocess
     import sys
@@ -42,12 +34,8 @@ def server(smollm):
 
     port = _free_port()
     root = Path(__file__).resolve().parents[2]
-    if _engine_landed():
-        cmd = [sys.executable, "-m", "rocmforge", "serve", "smollm2", "--port", str(port),
-               "--served-model-name", "smol", "--max-model-len", "2048", "--max-num-seqs", "64",
-               "--kv-cache-gb", "0.5"]
-    else:
-        cmd = [sys.executable, "-m", "tests.server.serve_reference", "smollm2", str(port)]
+    cmd = [sys.executable, "-m", "rocmforge", "serve", "smollm2", "--port", str(port), "--served-model-name",
+           "smol", "--max-model-len", "2048", "--max-num-seqs", "64", "--kv-cache-gb", "0.25"]
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"rocmforge-serve-{port}.log", "w+")
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(root)})
@@ -81,3 +69,13 @@ def server(smollm):
 def openai_client(server):
     openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """/metrics as {sample name: value}, labels dropped (one model per server)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if "le" not in s.labels and "finished_reason" not in s.labels}

@@ -73,7 +73,7 @@ def test_structured_output_json_schema(openai_client):
 
 def test_structured_output_json_object_and_regex(openai_client):
     r = openai_client.chat.completions.create(
-        model="smol", messages=[{"role": "user", "content": "Some JSON please."}], max_tokens=40, temperature=0,
+        model="smol", messages=[{"role": "user", "content": "Some JSON please."}], max_tokens=24, temperature=0,
         response_format={"type": "json_object"}, extra_body={"guided_json": None})
     if r.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(r.choices[0].message.content), dict)

@@ -197,3 +197,10 @@ def test_client_disconnect_closes_the_engine_iterator(engine, smollm):
     still_open, started = asyncio.run(go())
     assert started == 3 and still_open == set()
     assert engine.generated < 3 * 60
+
+
+def test_tiny_temperature_is_greedy_and_tiny_penalties_are_refused(client, engine):
+    r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1, "temperature": 5e-324})
+    assert r.status_code == 200 and engine.requests[-1].sampling.temperature == 0.0
+    assert_error(client.post("/v1/completions", json={"prompt": "Hi", "repetition_penalty": 2e-309}), 400,
+                 "repetition_penalty")
