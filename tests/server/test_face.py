@@ -195,3 +195,26 @@ def test_serve_help_teaches_and_python_m_works():
     bad = subprocess.run([sys.executable, "-m", "rocmforge", "serve", "smollm2", "--max-num-seqs", "0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "must be > 0" in bad.stderr
+
+
+def test_structured_choice_and_regex_through_the_constraint(client, engine):
+    r = client.post("/v1/completions", json={"prompt": "Pick:", "max_tokens": 10,
+                                             "guided_choice": ["yes", "no way"]})
+    assert r.json()["choices"][0]["text"] in ("yes", "no way")
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+    r = client.post("/v1/completions", json={"prompt": "Year:", "max_tokens": 10, "guided_regex": "[0-9]{3}"})
+    text = r.json()["choices"][0]["text"]
+    assert len(text) == 3 and text.isdigit()
+
+
+def test_constraint_mask_is_as_wide_as_the_logits(smollm):
+    from rocmforge.server.structured import GrammarCompiler
+
+    width = smollm.hparams["vocab_size"] + 64
+    comp = GrammarCompiler(smollm.tokenizer, width)
+    c = comp.constraint(comp.grammar("json_schema", {"type": "object"}, "x"))
+    mask = c.allowed()
+    assert mask.shape == (width,) and mask.dtype == bool
+    assert not mask[smollm.hparams["vocab_size"]:].any()
+    assert mask[smollm.tokenizer.encode("{", add_special=False)[0]]
+    assert not mask[smollm.tokenizer.encode("hello", add_special=False)[0]]
