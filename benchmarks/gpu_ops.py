@@ -35,6 +35,10 @@ CONFIGS = {
     "t1-r2-u2": dict(mv_t1=True, act_cache=True, mv_rpw=2, mv_unroll=2),
     "t1-r4": dict(mv_t1=True, act_cache=True, mv_rpw=4, mv_unroll=1),
     "t1-w8": dict(mv_t1=True, act_cache=True, mv_rpw=1, mv_unroll=2, mv_rows=8),
+    "t1-r2-u4": dict(mv_t1=True, act_cache=True, mv_rpw=2, mv_unroll=4),
+    "t1-r1-u4-w2": dict(mv_t1=True, act_cache=True, mv_rpw=1, mv_unroll=4, mv_rows=2),
+    "t1-r2-u2-w8": dict(mv_t1=True, act_cache=True, mv_rpw=2, mv_unroll=2, mv_rows=8),
+    "t1-r4-u2": dict(mv_t1=True, act_cache=True, mv_rpw=4, mv_unroll=2),
 }
 
 
@@ -136,6 +140,31 @@ def bench_matvec(be, cp, formats, shapes, configs=(None,), eager=True, ref=True)
     return rows
 
 
+def bench_small(be, cp):
+    """Graph time per launch of the one-row ops a decode step runs between its matvecs."""
+    rng = np.random.default_rng(5)
+    d, ff, H, D = 4096, 11008, 32, 128
+    x = be.upload(rng.standard_normal((1, d)).astype(np.float32))
+    y = be.upload(rng.standard_normal((1, d)).astype(np.float32))
+    w = be.upload(rng.standard_normal(d).astype(np.float32))
+    g = be.upload(rng.standard_normal((1, ff)).astype(np.float32))
+    u = be.upload(rng.standard_normal((1, ff)).astype(np.float32))
+    q = be.upload(rng.standard_normal((1, H, D)).astype(np.float32))
+    pos = be.upload(np.array([100], np.int64))
+    inv = (1.0 / (10000.0 ** (np.arange(0, D, 2) / D))).astype(np.float32)
+    be.act_cache = False
+    ops = {"rms_norm 1x4096": lambda: be.rms_norm(x, w, 1e-5), "add 1x4096": lambda: be.add(x, y),
+           "act_mul 1x11008": lambda: be.act_mul(g, u, "silu"), "rope 1x32x128": lambda: be.rope(q, pos, inv, "normal", D),
+           "quantize_act 1x4096": lambda: be._quantize_act(x)}
+    rows = []
+    for name, fn in ops.items():
+        t = timeit(cp, lambda fn=fn: [fn() for _ in range(10)]) / 10
+        rows.append({"op": name, "us": t * 1e6})
+        print(f"small op {name:22s} {t * 1e6:6.2f} us per launch (graph)", flush=True)
+    be.act_cache = True
+    return rows
+
+
 def bench_decode(be, cp, n_layer=32, ctx=512, wq="Q4_K", hq="Q6_K", configs=(None,)):
     from rocmforge.quant import nbytes
     from rocmforge.quant.samples import random_blocks
@@ -198,13 +227,16 @@ def main():
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--sweep", help="comma list of matvec configurations (CONFIGS) to compare, or 'all'")
     ap.add_argument("--wq", default="Q4_K", help="weight format of the synthetic decode step")
+    ap.add_argument("--shapes", default="4096x4096,11008x4096", help="comma list of NxK matvec shapes")
+    ap.add_argument("--small", action="store_true", help="also time the one-row ops between the matvecs")
     a = ap.parse_args()
     be = CupyBackend()
     props = cp.cuda.runtime.getDeviceProperties(0)
     card = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     print(f"card: {card}, warp {be.warp}, {be.n_sm} SMs", flush=True)
     t0 = time.time()
-    shapes = [(4096, 4096), (11008, 4096)]
+    shapes = [tuple(int(v) for v in sh.split("x")) for sh in a.shapes.split(",")]
+    small = bench_small(be, cp) if a.small else None
     if a.sweep:
         cfgs = list(CONFIGS) if a.sweep == "all" else a.sweep.split(",")
         res = {"card": card, "matvec": bench_matvec(be, cp, a.formats.split(","), shapes, cfgs, eager=False, ref=False)}
@@ -219,6 +251,7 @@ def main():
         res = {"card": card, "matvec": bench_matvec(be, cp, a.formats.split(","), shapes)}
         if not a.no_decode:
             res["decode"] = bench_decode(be, cp, a.layers, wq=a.wq)
+    res["small"] = small
     res["seconds"] = time.time() - t0
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))

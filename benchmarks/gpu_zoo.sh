@@ -5,10 +5,8 @@
 #   carry:       .whl (gguf, threadpoolctl, tqdm wheels), .gpu-models
 # Runs the GPU op tests and the conformance GPU == CPU check of every architecture; logs in $OUT.
 set -uo pipefail
-OUT="${OUT:-gpu-logs}"; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+# shellcheck source=benchmarks/gpu_env.sh
+. "$(dirname "$0")/gpu_env.sh"
 rc=0
 export ROCMFORGE_GPT_OSS_MXFP4="${ROCMFORGE_GPT_OSS_MXFP4:-$(ls -d .gpu-models/gpt_oss_mxfp4/*/mxfp4 2>/dev/null | head -1)}"
 python3 -c "import transformers" 2>/dev/null && echo "transformers: yes" || echo "transformers: no"

@@ -57,6 +57,7 @@ extern "C" __global__ void dequant_##fmt(const rf_u8* __restrict__ W, rf_i64 row
 }
 
 RF_FOR_EACH_BLOCK_FORMAT(RF_DEQUANT_BLOCK)
+RF_FOR_EACH_TILED_FORMAT(RF_DEQUANT_BLOCK)
 
 // OCP MX formats, decoded exactly to floats (rf_xgroup_*, FTZ-proof): same launch as above
 #define RF_DEQUANT_FGROUP(fmt)                                                                        \

@@ -18,6 +18,7 @@
 // x row p / x_div, weights of expert ids[p] (expert_bytes apart), y[p * N + row].
 #include "rf_common.h"
 #include "rf_quant.h"
+#include "rf_q8.h"
 
 #ifndef RF_MV_MAXT
 #define RF_MV_MAXT 8      /* columns (tokens) per launch; the backend compiles a MAXT=1 module for T = 1 */
@@ -37,26 +38,9 @@ extern "C" __global__ void quantize_act_q8(const float* __restrict__ x, int* __r
     // whole warps stay in the loop (full-warp shuffles); blockDim.x is a multiple of RF_WARP
     for (rf_i64 i = rf_gid(); i - (rf_i64)(threadIdx.x % RF_WARP) < n; i += rf_gstride()) {
         const bool live = i < n;
-        float4 f;
-        f.x = f.y = f.z = f.w = 0.f;
+        float4 f = make_float4(0.f, 0.f, 0.f, 0.f);
         if (live) f = ((const float4*)x)[i];
-        float amax = fmaxf(fmaxf(fabsf(f.x), fabsf(f.y)), fmaxf(fabsf(f.z), fabsf(f.w)));
-        amax = fmaxf(amax, rf_shfl_xor(amax, 1));
-        amax = fmaxf(amax, rf_shfl_xor(amax, 2));
-        amax = fmaxf(amax, rf_shfl_xor(amax, 4));
-        const float d = amax / 127.f;
-        const float id = d > 0.f ? 1.f / d : 0.f;
-        const int q0 = __float2int_rn(f.x * id), q1 = __float2int_rn(f.y * id);
-        const int q2 = __float2int_rn(f.z * id), q3 = __float2int_rn(f.w * id);
-        int s = q0 + q1 + q2 + q3;
-        s += rf_shfl_xor(s, 1);
-        s += rf_shfl_xor(s, 2);
-        if (live) {
-            xq[i] = rf_pack4(q0, q1, q2, q3);
-            const rf_i64 g = i >> 3;
-            if ((i & 7) == 0) xd[g] = d;
-            if ((i & 3) == 0) xs[2 * g + ((i >> 2) & 1)] = d * (float)s;
-        }
+        rf_q8_group_store(f, i, live, xq, xd, xs);
     }
 }
 
@@ -148,6 +132,7 @@ extern "C" __global__ void matvec_##fmt(const rf_u8* __restrict__ W, rf_i64 row_
 }
 
 RF_FOR_EACH_BLOCK_FORMAT(RF_MATVEC_BLOCK)
+RF_FOR_EACH_TILED_FORMAT(RF_MATVEC_BLOCK)
 RF_FOR_EACH_MX_INT_FORMAT(RF_MATVEC_BLOCK)
 
 // ---- block formats decoded to floats (OCP MXFP8, MXFP6 E3M2): x read as float32 ---------------

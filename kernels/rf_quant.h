@@ -132,6 +132,104 @@ RF_DEV void rf_group_mxfp4(const rf_u8* row, rf_i64 g, RfGroup& G) {
     }
 }
 
+// ---- tiled layouts: the GPU's repacking of the 32-weight formats at upload ------------------
+// A tile of n consecutive blocks of one row stores each field of the n blocks together (all n
+// scales, then all n payloads, ...), so every field starts 16-byte aligned and a lane reads its
+// block's 16 (or 32) quant bytes with one (two) 16-byte loads; the file's 18-byte Q4_0 blocks
+// only allow 2-byte loads. A tile has the bytes of its n blocks, so rows keep their size.
+// Fields and n: rocmforge/backends/gpu_layouts.py (TILES) lays them out on the host.
+RF_DEV void rf_nibbles(uint4 w, RfGroup& G) {
+    G.q[0] = (int)(w.x & 0x0f0f0f0fu); G.q[4] = (int)((w.x >> 4) & 0x0f0f0f0fu);
+    G.q[1] = (int)(w.y & 0x0f0f0f0fu); G.q[5] = (int)((w.y >> 4) & 0x0f0f0f0fu);
+    G.q[2] = (int)(w.z & 0x0f0f0f0fu); G.q[6] = (int)((w.z >> 4) & 0x0f0f0f0fu);
+    G.q[3] = (int)(w.w & 0x0f0f0f0fu); G.q[7] = (int)((w.w >> 4) & 0x0f0f0f0fu);
+}
+
+RF_DEV void rf_set_nibble_lut(uint4 w, rf_u32 t0, rf_u32 t1, rf_u32 t2, rf_u32 t3, RfGroup& G) {
+    const rf_u32 v[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        G.q[k] = rf_lut4(t0, t1, t2, t3, v[k]);
+        G.q[k + 4] = rf_lut4(t0, t1, t2, t3, v[k] >> 4);
+    }
+}
+
+// Q4_0T, 8 blocks (144 B): f16 d[8] | qs[8][16]. (q - 8) * d = d*q - 8d: the offset goes through
+// the activation sums (G.m) instead of a per-byte subtraction; both products are exact in float.
+RF_DEV void rf_group_q4_0t(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* t = row + (g >> 3) * 144;
+    const int j = (int)(g & 7);
+    const float d = rf_h2f(((const rf_u16*)t)[j]);
+    rf_set_scale(G, d, 8.f * d);
+    rf_nibbles(((const uint4*)(t + 16))[j], G);
+}
+
+// Q4_1T, 4 blocks (80 B): f16 d[4] | f16 m[4] | qs[4][16]
+RF_DEV void rf_group_q4_1t(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* t = row + (g >> 2) * 80;
+    const int j = (int)(g & 3);
+    rf_set_scale(G, rf_h2f(((const rf_u16*)t)[j]), -rf_h2f(((const rf_u16*)t)[4 + j]));
+    rf_nibbles(((const uint4*)(t + 16))[j], G);
+}
+
+// bit j of qh becomes bit 4 of element j (Q5_0 / Q5_1)
+RF_DEV void rf_fifth_bits(rf_u32 qh, RfGroup& G) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        G.q[k] |= (int)rf_bits_to_b4(qh >> (4 * k));
+        G.q[k + 4] |= (int)rf_bits_to_b4(qh >> (16 + 4 * k));
+    }
+}
+
+// Q5_0T, 8 blocks (176 B): f16 d[8] | u32 qh[8] | qs[8][16]
+RF_DEV void rf_group_q5_0t(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* t = row + (g >> 3) * 176;
+    const int j = (int)(g & 7);
+    const float d = rf_h2f(((const rf_u16*)t)[j]);
+    rf_set_scale(G, d, 16.f * d);
+    const rf_u32 qh = ((const rf_u32*)(t + 16))[j];
+    rf_nibbles(((const uint4*)(t + 48))[j], G);
+    rf_fifth_bits(qh, G);
+}
+
+// Q5_1T, 4 blocks (96 B): f16 d[4] | f16 m[4] | u32 qh[4] | qs[4][16]
+RF_DEV void rf_group_q5_1t(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* t = row + (g >> 2) * 96;
+    const int j = (int)(g & 3);
+    rf_set_scale(G, rf_h2f(((const rf_u16*)t)[j]), -rf_h2f(((const rf_u16*)t)[4 + j]));
+    const rf_u32 qh = ((const rf_u32*)(t + 16))[j];
+    rf_nibbles(((const uint4*)(t + 32))[j], G);
+    rf_fifth_bits(qh, G);
+}
+
+// Q8_0T, 8 blocks (272 B): f16 d[8] | qs[8][32]
+RF_DEV void rf_group_q8_0t(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* t = row + (g >> 3) * 272;
+    const int j = (int)(g & 7);
+    rf_set_scale(G, rf_h2f(((const rf_u16*)t)[j]), 0.f);
+    const uint4* q = (const uint4*)(t + 16 + 32 * j);
+    const uint4 a = q[0], b = q[1];
+    G.q[0] = (int)a.x; G.q[1] = (int)a.y; G.q[2] = (int)a.z; G.q[3] = (int)a.w;
+    G.q[4] = (int)b.x; G.q[5] = (int)b.y; G.q[6] = (int)b.z; G.q[7] = (int)b.w;
+}
+
+// IQ4_NLT, 8 blocks (144 B): f16 d[8] | qs[8][16]
+RF_DEV void rf_group_iq4_nlt(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* t = row + (g >> 3) * 144;
+    const int j = (int)(g & 7);
+    rf_set_scale(G, rf_h2f(((const rf_u16*)t)[j]), 0.f);
+    rf_set_nibble_lut(((const uint4*)(t + 16))[j], RF_KV_IQ4NL, G);
+}
+
+// MXFP4T (GGUF MXFP4), 16 blocks (272 B): u8 e[16] | qs[16][16]
+RF_DEV void rf_group_mxfp4t(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_u8* t = row + (g >> 4) * 272;
+    const int j = (int)(g & 15);
+    const rf_u32 e = t[j];
+    rf_set_scale(G, __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23)), 0.f);
+    rf_set_nibble_lut(((const uint4*)(t + 16))[j], RF_KV_MXFP4, G);
+}
+
 // ---- 256-weight super-blocks (k-quants, IQ4_XS): group g = super-block g/8, sub-group s = g%8
 // Q2_K: {u8 scales[16]; u8 qs[64]; f16 d, dmin} 84 B.
 // sub-group s: bytes qs[(s/4)*32 + l], bits 2*(s%4); scales[2s], scales[2s+1] (lo: scale, hi: min)
@@ -426,6 +524,8 @@ RF_DEV void rf_xgroup_##fmt(const rf_u8* row, rf_i64 g, float* v) {             
 #define RF_FOR_EACH_BLOCK_FORMAT(X) \
     X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q8_0) X(iq4_nl) X(mxfp4) \
     X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k) X(iq4_xs)
+// the tiled GPU layouts of the 32-weight formats (same decoders' contract, 16-byte loads)
+#define RF_FOR_EACH_TILED_FORMAT(X) X(q4_0t) X(q4_1t) X(q5_0t) X(q5_1t) X(q8_0t) X(iq4_nlt) X(mxfp4t)
 // OCP MX formats with an RfGroup decoder (dp4a matvec)
 #define RF_FOR_EACH_MX_INT_FORMAT(X) X(mx_int8) X(mx_fp4) X(mx_fp6_e2m3)
 // block formats decoded to floats (rf_fgroup_*: float matvec)

@@ -106,7 +106,7 @@ class _Probe:
 class Executor:
     def __init__(self, recipe: Recipe, hparams: dict, get_raw: Callable[[str], Any], backend,
                  ops: dict[str, Callable] | None = None):
-        from .ops import all_ops
+        from .ops import all_ops, core, fused
 
         self.recipe = recipe
         self.hparams = hparams
@@ -122,6 +122,10 @@ class Executor:
             for i, step in enumerate(getattr(recipe, section)):
                 if step["op"] not in self.ops:
                     raise SchemaError(recipe.file, f"{section}[{i}].op", f"one of {sorted(self.ops)}", step["op"])
+        # the block as it runs: residual add + the norm that reads it joined (ops/fused.py)
+        self.ops.setdefault("add_rms_norm", fused.add_rms_norm)
+        builtin = self.ops["add"] is core.add and self.ops["rms_norm"] is core.rms_norm
+        self.block = fused.fuse_steps(recipe.block) if builtin else list(recipe.block)
 
     def weight(self, name: str, optional: bool = False, host: bool = False) -> Any:
         key = (name, host)
@@ -230,7 +234,7 @@ class Executor:
             self._run(self.recipe.embed, ctx)
             for layer in range(self.hparams["n_layer"]):
                 ctx.layer = layer
-                self._run(self.recipe.block, ctx)
+                self._run(self.block, ctx)
                 if self.on_layer is not None:
                     self.on_layer(layer)
             ctx.layer = None

@@ -58,6 +58,17 @@ class Backend(ABC):
         "neox" rotates (i, i + rot_dim/2). angle = position * inv_freq[i];
         cos/sin are multiplied by ``mscale`` (YaRN attention factor)."""
 
+    def rope_qk(self, q: Any, k: Any, positions: np.ndarray, inv_freq: np.ndarray, style: str, rot_dim: int,
+                mscale: float = 1.0) -> tuple[Any, Any]:
+        """:meth:`rope` of the queries and the keys with the same table (a backend may do both at once)."""
+        return (self.rope(q, positions, inv_freq, style, rot_dim, mscale),
+                self.rope(k, positions, inv_freq, style, rot_dim, mscale))
+
+    def add_rms_norm(self, a: Any, b: Any, w: Any | None, eps: float) -> tuple[Any, Any]:
+        """(s, rms_norm(s)) for s = a + b: a residual add and the norm that reads it (one pass on a GPU)."""
+        s = self.add(a, b)
+        return s, self.rms_norm(s, w, eps)
+
     @abstractmethod
     def new_kv_cache(self, n_layer: int, n_kv_head: int, head_dim_k: int, head_dim_v: int, max_tokens: int) -> Any:
         """An empty KV cache for one sequence."""

@@ -106,6 +106,12 @@ class GpuWeight:
     data: Any                  # cupy uint8 (n_bytes,)
     row_bytes: int
     f32_gemm: bool = False     # prefill GEMM in float32 (dequantised values may pass the fp16 range)
+    tiled: str | None = None   # kernel suffix of the tiled layout the rows were regrouped into (gpu_layouts)
+
+    @property
+    def kernel(self) -> str | None:
+        """Suffix of the matvec_/dequant_ kernels that read this weight (block formats)."""
+        return self.tiled or BLOCK_KERNELS.get(self.qtype) or FGROUP_KERNELS.get(self.qtype)
 
     @property
     def K(self) -> int:
@@ -124,7 +130,7 @@ class GpuWeight:
         """Expert ``e`` of an (E, rows, K) weight, as a 2-D weight (a view, no copy)."""
         per = int(np.prod(self.shape[1:-1], dtype=np.int64)) * self.row_bytes
         return GpuWeight(self.qtype, tuple(self.shape[1:]), self.data[e * per:(e + 1) * per], self.row_bytes,
-                         self.f32_gemm)
+                         self.f32_gemm, self.tiled)
 
 
 class _Arena:
@@ -202,6 +208,8 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         self._no_graph: Any = None   # executors whose steps cannot be captured (weakref.WeakSet)
         # matvec launch shape (benchmarks/gpu_ops.py --sweep tries others); t1: a MAXT=1 module for T = 1
         self.mv_rows, self.mv_rpw, self.mv_unroll, self.mv_t1 = MATVEC_ROWS, MATVEC_RPW, MATVEC_UNROLL, True
+        self.tiles = True            # regroup 32-weight blocks into 16-byte aligned tiles at upload
+        self.fuse = True             # join same-format q/k/v and gate/up rows into one weight
         self.act_cache = True        # quantise an activation once for the matvecs that share it (q/k/v, gate/up)
         self._act_q8: Any = None     # (x, (xq, xd, xs)) of the last quantised activation
         self._prof: Any = None       # cupy_profile.Profiler while launches are timed (bench --profile)
@@ -277,32 +285,73 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
 
     def weight(self, raw):
         """1-D tensors (norms, biases) -> float32 arrays; matrices stay in their file format."""
-        cp = self.cp
         self._needs_host("weight upload")
         shape = tuple(int(s) for s in raw.shape)
+        if len(shape) <= 1:
+            return self._upload_f32(raw)
+        qtype, host = self._host_bytes(raw)
+        return self._upload(qtype, shape, host, getattr(raw, "name", "?"))
+
+    def fuse_weights(self, raws):
+        """Rows of same-format matrices joined (q|k|v, gate|up): one matvec and one GEMM instead of
+        several. Biases join as float32. Different formats or widths stay apart (None)."""
+        if not self.fuse:
+            return None
+        self._needs_host("weight upload")
+        shapes = [tuple(int(s) for s in r.shape) for r in raws]
+        if all(len(sh) == 1 for sh in shapes):
+            return self._upload_f32_host(np.concatenate([np.asarray(r.dequantize(), np.float32).reshape(-1)
+                                                         for r in raws]), "fused bias")
+        if any(len(sh) != 2 for sh in shapes) or len({sh[1] for sh in shapes}) != 1:
+            return None
+        parts = [self._host_bytes(r) for r in raws]
+        if len({q for q, _ in parts}) != 1:
+            return None
+        shape = (sum(sh[0] for sh in shapes), shapes[0][1])
+        return self._upload(parts[0][0], shape, np.concatenate([h for _, h in parts]),
+                            "+".join(getattr(r, "name", "?") for r in raws))
+
+    def _host_bytes(self, raw) -> tuple[str, np.ndarray]:
+        """(format on the GPU, raw bytes on the host) of a matrix."""
+        qtype = raw.qtype.upper()
+        if qtype in BLOCK_KERNELS or qtype in FLOAT_KERNELS or qtype in FGROUP_KERNELS:
+            data = raw.data
+            if isinstance(data, np.ndarray):
+                return qtype, np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+            return qtype, np.frombuffer(memoryview(data).cast("B"), np.uint8)
+        # no GPU decoder for this format yet: decode once on the CPU, keep float32
+        return "F32", np.ascontiguousarray(raw.dequantize(), dtype=np.float32).reshape(-1).view(np.uint8)
+
+    def _upload_f32(self, raw):
+        return self._upload_f32_host(np.ascontiguousarray(raw.dequantize(), dtype=np.float32),
+                                     getattr(raw, "name", "?"))
+
+    def _upload_f32_host(self, a: np.ndarray, name: str):
         try:
-            if len(shape) <= 1:
-                return cp.asarray(np.ascontiguousarray(raw.dequantize(), dtype=np.float32))
-            qtype = raw.qtype.upper()
-            if qtype in BLOCK_KERNELS or qtype in FLOAT_KERNELS or qtype in FGROUP_KERNELS:
-                data = raw.data
-                if isinstance(data, np.ndarray):
-                    host = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-                else:
-                    host = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-            else:
-                # no GPU decoder for this format yet: decode once on the CPU, keep float32
-                qtype = "F32"
-                host = np.ascontiguousarray(raw.dequantize(), dtype=np.float32).reshape(-1).view(np.uint8)
-            rows = int(np.prod(shape[:-1], dtype=np.int64))
-            if host.size % max(rows, 1):
-                raise RocmforgeError(f"tensor {raw.name!r}: {host.size} bytes do not split into {rows} rows")
+            return self.cp.asarray(a)
+        except self.cp.cuda.memory.OutOfMemoryError as exc:
+            raise DeviceError(f"out of GPU memory while uploading tensor {name!r} ({exc}); use a smaller "
+                              "model or device='cpu'") from None
+
+    def _upload(self, qtype: str, shape: tuple[int, ...], host: np.ndarray, name: str) -> GpuWeight:
+        """Raw bytes of a ``qtype`` matrix -> a GpuWeight in the arena, rows tiled where the format has a
+        tiled layout (gpu_layouts) and ``self.tiles`` is on."""
+        from .gpu_layouts import tile_for, tile_rows
+
+        rows = int(np.prod(shape[:-1], dtype=np.int64))
+        if host.size % max(rows, 1):
+            raise RocmforgeError(f"tensor {name!r}: {host.size} bytes do not split into {rows} rows")
+        f32_gemm = _needs_f32_gemm(qtype, host)
+        tile = tile_for(qtype, shape[-1]) if self.tiles else None
+        if tile is not None:
+            host = tile_rows(host, rows, tile)
+        try:
             buf = self._arena.alloc(host.size)
             buf.set(host)
-            return GpuWeight(qtype, shape, buf, host.size // max(rows, 1), _needs_f32_gemm(qtype, host))
-        except cp.cuda.memory.OutOfMemoryError as exc:
-            raise DeviceError(f"out of GPU memory while uploading tensor {getattr(raw, 'name', '?')!r} "
-                              f"({exc}); use a smaller model or device='cpu'") from None
+        except self.cp.cuda.memory.OutOfMemoryError as exc:
+            raise DeviceError(f"out of GPU memory while uploading tensor {name!r} ({exc}); use a smaller "
+                              "model or device='cpu'") from None
+        return GpuWeight(qtype, shape, buf, host.size // max(rows, 1), f32_gemm, tile.suffix if tile else None)
 
     def weight_from_array(self, qtype: str, shape, raw_bytes: np.ndarray) -> GpuWeight:
         """Upload raw bytes of a ``qtype`` tensor of ``shape`` (tests, benchmarks)."""
@@ -329,7 +378,7 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         out = self._out((n_rows, w.K), cp.float32 if dtype == "f32" else cp.float16)
         o32, o16 = (out, _null()) if dtype == "f32" else (_null(), out)
         rows_arg = _null() if rows is None else rows
-        suffix = BLOCK_KERNELS.get(w.qtype) or FGROUP_KERNELS.get(w.qtype)
+        suffix = w.kernel
         if suffix is not None:
             n = n_rows * (w.K // 32)
             self._launch("dequant.hip", f"dequant_{suffix}", (self._grid1d(n),), (256,),
@@ -388,7 +437,7 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
             xq, xd, xs = self._quantize_act(x, defs)
             expert_bytes = N * w.row_bytes
             per = rows * self.mv_rpw
-            self._launch("matvec.hip", f"matvec_{BLOCK_KERNELS[w.qtype]}", ((N + per - 1) // per, gy), block,
+            self._launch("matvec.hip", f"matvec_{w.kernel}", ((N + per - 1) // per, gy), block,
                          (w.data, np.int64(w.row_bytes), xq, xd, xs, y, b, np.int32(N), np.int32(K),
                           np.int32(T), idp, np.int32(x_div), np.int64(expert_bytes)), defs)
         elif w.qtype in FGROUP_KERNELS:
@@ -452,14 +501,48 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         """A norm weight/bias that is not one vector of D (Command-R+'s (n_head, head_dim) QK-norm)."""
         return a is not None and a.size != D
 
+    def _q8_buffers(self, rows: int, K: int):
+        """Empty int8 blocks (xq, xd, xs) of a (rows, K) activation, or None when no matvec will read
+        them (too many rows for the matvecs, K not whole blocks, activation cache off)."""
+        if not self.act_cache or rows > MATVEC_MAX_T or K % 32:
+            return None
+        cp = self.cp
+        ng = rows * K // 32
+        return cp.empty(ng * 8, cp.int32), cp.empty(ng, cp.float32), cp.empty(2 * ng, cp.float32)
+
+    def _made_q8(self, y, q8) -> None:
+        """``y``'s kernel also wrote its int8 blocks: the next matvec of y reads them (no quantize launch)."""
+        if q8 is not None:
+            self._act_q8 = (y, q8)
+
     def rms_norm(self, x, w, eps):
         x, w = self._f32(x), self._norm_param(w)
         D = x.shape[-1]
         y = self._out(x.shape)
         wide = self._per_row(w, D)       # the kernel scales by one D-vector: broadcast wider weights after
-        self._launch("norms.hip", "rms_norm_f32", (x.size // D,), (256,),
-                     (x, _null() if w is None or wide else self._f32(w), y, np.int32(D), np.float32(eps)))
+        q8 = None if wide or x.ndim != 2 else self._q8_buffers(x.shape[0], D)
+        wp = _null() if w is None or wide else self._f32(w)
+        if q8 is not None:    # decode: the norm's output goes to matvecs, write their int8 blocks too
+            self._launch("norms.hip", "rms_norm_q8_f32", (x.shape[0],), (256,),
+                         (x, wp, y, *q8, np.int32(D), np.float32(eps)))
+            self._made_q8(y, q8)
+            return y
+        self._launch("norms.hip", "rms_norm_f32", (x.size // D,), (256,), (x, wp, y, np.int32(D), np.float32(eps)))
         return y * self._f32(w) if wide else y
+
+    def add_rms_norm(self, a, b, w, eps):
+        a, b, w = self._f32(a), self._f32(b), self._norm_param(w)
+        D = a.shape[-1]
+        q8 = (None if a.shape != b.shape or a.ndim != 2 or self._per_row(w, D)
+              else self._q8_buffers(a.shape[0], D))
+        if q8 is None:
+            s = self.add(a, b)
+            return s, self.rms_norm(s, w, eps)
+        s, y = self._out(a.shape), self._out(a.shape)
+        self._launch("norms.hip", "add_rms_norm_q8_f32", (a.shape[0],), (256,),
+                     (a, b, s, _null() if w is None else self._f32(w), y, *q8, np.int32(D), np.float32(eps)))
+        self._made_q8(y, q8)
+        return s, y
 
     def layer_norm(self, x, w, b, eps):
         x, w, b = self._f32(x), self._norm_param(w), self._norm_param(b)
@@ -474,12 +557,9 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
             y = y + self._f32(b) if b is not None else y
         return y
 
-    def rope(self, x, positions, inv_freq, style, rot_dim, mscale=1.0):
+    def _rope_tables(self, positions, inv_freq):
+        """Device positions and inverse frequencies of a rope call."""
         cp = self.cp
-        if style not in ("normal", "neox"):
-            raise ValueError(f"unknown rope style {style!r}")
-        x = self._f32(x)
-        T, H, D = x.shape
         # positions may already live on the GPU (a static buffer of a captured decode step)
         if self._step is not None:
             pos = self._step.pos
@@ -497,12 +577,46 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         if f is None:
             self._needs_host("rope table upload")
             f = self._small[key] = cp.asarray(np.asarray(inv_freq, np.float32))
+        return pos, f
+
+    def _rows(self, a):
+        """(a, row stride in floats) for a float32 (T, ...) array whose rows are contiguous (a view of a
+        joined projection qualifies), else (a contiguous copy, its row length)."""
+        cp = self.cp
+        inner = int(np.prod(a.shape[1:], dtype=np.int64))
+        if a.dtype == cp.float32 and a.ndim >= 2 and a.data.ptr % 16 == 0:
+            want = np.cumprod((4,) + a.shape[:0:-1])[:-1][::-1]     # C strides of the trailing dims
+            if tuple(a.strides[1:]) == tuple(int(v) for v in want) and a.strides[0] % 4 == 0:
+                return a, a.strides[0] // 4 if a.shape[0] > 1 else inner
+        a = self._f32(a)
+        return a, inner
+
+    def rope(self, x, positions, inv_freq, style, rot_dim, mscale=1.0):
+        if style not in ("normal", "neox"):
+            raise ValueError(f"unknown rope style {style!r}")
+        x = self._f32(x)
+        T, H, D = x.shape
+        pos, f = self._rope_tables(positions, inv_freq)
         y = self._out(x.shape)
-        n = x.size
-        self._launch("rope.hip", "rope_f32", (self._grid1d(n),), (256,),
+        self._launch("rope.hip", "rope_f32", (self._grid1d(x.size),), (256,),
                      (x, y, pos, f, np.int32(T), np.int32(H), np.int32(D), np.int32(rot_dim),
                       np.int32(style == "neox"), np.float32(mscale)))
         return y
+
+    def rope_qk(self, q, k, positions, inv_freq, style, rot_dim, mscale=1.0):
+        if style not in ("normal", "neox"):
+            raise ValueError(f"unknown rope style {style!r}")
+        (T, H, D), Hk = q.shape, k.shape[1]
+        if k.shape[0] != T or k.shape[2] != D:
+            return super().rope_qk(q, k, positions, inv_freq, style, rot_dim, mscale)
+        q, qs = self._rows(q)
+        k, ks = self._rows(k)
+        pos, f = self._rope_tables(positions, inv_freq)
+        yq, yk = self._out((T, H, D)), self._out((T, Hk, D))
+        self._launch("rope.hip", "rope_qk_f32", (self._grid1d(T * (H + Hk) * D),), (256,),
+                     (q, k, yq, yk, np.int64(qs), np.int64(ks), pos, f, np.int32(T), np.int32(H), np.int32(Hk),
+                      np.int32(D), np.int32(rot_dim), np.int32(style == "neox"), np.float32(mscale)))
+        return yq, yk
 
     def decode_step(self, executor, ids, cache, pos0):
         """Host logits (1, vocab) of one token through the sequence's captured decode graph.

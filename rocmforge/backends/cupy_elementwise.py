@@ -10,6 +10,10 @@ import numpy as np
 ACT_KINDS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "relu2": 4, "sigmoid": 5, "tanh": 6}
 
 
+def _null():
+    return np.uint64(0)
+
+
 def _gpu_weight():
     from .cupy_backend import GpuWeight  # the backend module imports this one
 
@@ -27,7 +31,20 @@ class CupyElementwise:
         return y
 
     def act_mul(self, g, u, kind):
-        """act(g) * u in one pass (gated FFNs)."""
+        """act(g) * u in one pass (gated FFNs). Rows may be views of one joined gate|up output (no copy);
+        for decode the kernel also writes the int8 blocks the down-projection's matvec reads."""
+        if kind not in ACT_KINDS:
+            raise ValueError(f"unknown activation {kind!r}")
+        if g.ndim == 2 and g.shape == u.shape and g.shape[1] % 4 == 0:
+            (g, gs), (u, us) = self._rows(g), self._rows(u)
+            T, F = g.shape
+            y = self._out((T, F))
+            q8 = self._q8_buffers(T, F)
+            self._launch("elementwise.hip", "act_mul_rows_f32", (self._grid1d(T * F // 4),), (256,),
+                         (g, u, y, np.int64(T), np.int32(F), np.int64(gs), np.int64(us), np.int32(ACT_KINDS[kind]),
+                          *(q8 if q8 is not None else (_null(),) * 3)))
+            self._made_q8(y, q8)
+            return y
         g, u = self._f32(g), self._f32(u)
         y = self._out(g.shape)
         self._launch("elementwise.hip", "act_mul_f32", (self._grid1d(g.size),), (256,),

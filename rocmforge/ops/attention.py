@@ -117,9 +117,10 @@ def attention(ctx, step):
         hp = ctx.hp if scaled else {**ctx.hp, "rope_scaling_type": "none"}
         freqs, mscale = ctx.cached(("rope", rot, base, scaled, factors is not None),
                                    lambda: inv_freq(rot, base, hp, factors))
-        q = be.rope(q, ctx.positions, freqs, style, rot, mscale)
         if k is not None:
-            k = be.rope(k, ctx.positions, freqs, style, rot, mscale)
+            q, k = be.rope_qk(q, k, ctx.positions, freqs, style, rot, mscale)
+        else:
+            q = be.rope(q, ctx.positions, freqs, style, rot, mscale)
     if "q_norm" in step and not shared and late_norm:      # per head, of the rotated q and k (HunYuan)
         q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")
     if ctx.value(step, "qk_l2norm", False):

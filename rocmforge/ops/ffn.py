@@ -25,7 +25,7 @@ def _gated(ctx, step, default_act: str):
     else:
         g = be.linear(x, ctx.tensor(step["gate"]))
         u = be.linear(x, ctx.tensor(step["up"]))
-    ctx.set(step["out"], be.linear(be.mul(be.act(g, act), u), ctx.tensor(step["down"])))
+    ctx.set(step["out"], be.linear(be.act_mul(g, u, act), ctx.tensor(step["down"])))
 
 
 def gated_ffn(ctx, step):

@@ -169,3 +169,64 @@ def test_act_cache_follows_the_array(gb):
     assert np.array_equal(y1, y1b)
     check(y1, x1 @ wref.T, 5e-4, "x1")
     check(y2, x2 @ wref.T, 5e-4, "x2")
+
+
+TILED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4"]
+
+
+@pytest.mark.parametrize("qtype", TILED)
+def test_tiled_layout_equals_the_file_layout(qtype):
+    """Rows regrouped into 16-byte aligned tiles decode and multiply bit-identically to the file layout."""
+    from rocmforge.backends.cupy_backend import CupyBackend
+    from rocmforge.backends.gpu_layouts import TILES
+
+    tiled, flat = CupyBackend(poison=True), CupyBackend(poison=True)
+    flat.tiles = False
+    N, K = 77, 2 * TILES[qtype].weights
+    raw, ref = _case(qtype, N, K, 13)
+    wt, wf = tiled.weight_from_array(qtype, (N, K), raw), flat.weight_from_array(qtype, (N, K), raw)
+    assert wt.tiled == TILES[qtype].suffix and wf.tiled is None
+    assert np.array_equal(tiled.to_numpy(tiled.dequant(wt)), flat.to_numpy(flat.dequant(wf)))
+    assert np.array_equal(tiled.to_numpy(tiled.dequant(wt)), ref)
+    rows = np.array([76, 0, 3, 3], np.int64)
+    assert np.array_equal(tiled.to_numpy(tiled.dequant(wt, rows=tiled.upload(rows))), ref[rows])
+    for T in (1, 5, 40):       # matvec (T <= 8) and the prefill GEMM
+        x = rand(np.random.default_rng(T), T, K)
+        yt = tiled.to_numpy(tiled.linear(tiled.upload(x), wt))
+        yf = flat.to_numpy(flat.linear(flat.upload(x), wf))
+        if T <= 8:    # the same int8 dot products and sums, only the association of the scale terms differs
+            check(yt, yf, 1e-12, f"{qtype} tiled vs file layout T={T}")
+        check(yt, x.astype(np.float64) @ ref.T.astype(np.float64), 5e-4, f"{qtype} tiled T={T}")
+
+
+def test_fused_rows_equal_the_separate_matvecs(gb):
+    """q|k|v (and gate|up) joined on the GPU: the same rows as three matvecs; different formats stay apart."""
+    K = 1024
+    rng = np.random.default_rng(4)
+    shapes = [(256, K), (64, K), (64, K)]
+    raws = [_raw("Q4_0", sh, i) for i, sh in enumerate(shapes)]
+    joined = gb.fuse_weights(raws)
+    assert joined is not None and joined.shape == (384, K)
+    x = gb.upload(rand(rng, 1, K))
+    parts = [gb.to_numpy(gb.linear(x, gb.weight(r))) for r in raws]
+    assert np.array_equal(gb.to_numpy(gb.linear(x, joined)), np.concatenate(parts, axis=1))
+    biases = [_raw("F32", (n,), 9 + i) for i, (n, _) in enumerate(shapes)]
+    jb = gb.to_numpy(gb.fuse_weights(biases))
+    assert np.array_equal(jb, np.concatenate([b.dequantize() for b in biases]))
+    assert gb.fuse_weights([raws[0], _raw("Q8_0", (64, K), 7)]) is None
+    assert gb.fuse_weights([raws[0], _raw("Q4_0", (64, 512), 8)]) is None
+
+
+def _raw(qtype, shape, seed):
+    """A RawTensor-like object of random blocks (what fuse_weights receives from the executor)."""
+    from types import SimpleNamespace
+
+    from rocmforge.quant import dequantize
+    from rocmforge.quant.samples import random_blocks
+
+    if qtype == "F32":
+        data = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+        return SimpleNamespace(name=f"t{seed}", qtype="F32", shape=shape, data=data, dequantize=lambda: data)
+    data = random_blocks(qtype, shape, seed)
+    return SimpleNamespace(name=f"t{seed}", qtype=qtype, shape=shape, data=data,
+                           dequantize=lambda: dequantize(data, qtype, shape))
