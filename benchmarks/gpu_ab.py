@@ -30,6 +30,26 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, attrs
 
 
+def batched_decode(model, n: int, n_prompt: int, n_gen: int) -> float:
+    """Aggregate tokens/s of ``n`` sequences decoding together (Session.feed_batch, one step for all)."""
+    import numpy as np
+
+    from rocmforge.cli.bench import random_prompt
+    from rocmforge.model import Session
+
+    sessions = [model.new_session(n_prompt + n_gen + 1) for _ in range(n)]
+    last = [s.feed(random_prompt(model, n_prompt, seed=i)) for i, s in enumerate(sessions)]
+    steps = max(8, n_gen // 4)
+    model.backend.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        last = Session.feed_batch(sessions, [[int(np.argmax(lg))] for lg in last])
+    model.backend.synchronize()
+    tps = n * steps / (time.perf_counter() - t0)
+    print(f"  batched decode x{n}: {tps:8.1f} t/s aggregate ({steps} steps, eager)", flush=True)
+    return tps
+
+
 def run_variant(path: str, attrs: dict, a) -> dict:
     import rocmforge
     from rocmforge.cli.bench import measure, random_prompt
@@ -46,6 +66,8 @@ def run_variant(path: str, attrs: dict, a) -> dict:
     r = measure(model, a.prompt, a.gen, a.repeat)
     r["load_s"] = load_s
     r["gpu_mem_bytes"] = int(model.backend.cp.get_default_memory_pool().used_bytes())
+    if a.batch:
+        r["batched"] = {n: batched_decode(model, n, a.prompt, a.gen) for n in a.batch}
     if a.profile:
         from rocmforge.backends.cupy_profile import format_table, profile_decode
 
@@ -65,6 +87,8 @@ def main():
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--batch", type=lambda t: [int(v) for v in t.split(",")], default=[],
+                    help="comma list of batch sizes: aggregate decode tokens/s of that many sequences at once")
     ap.add_argument("--json")
     a = ap.parse_args()
     res = {}

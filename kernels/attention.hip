@@ -24,7 +24,7 @@
 //   nsplit = max(1, min(nsplit_cap, ceil(visible keys of the last query / 64))), computed in
 //   the kernel; blocks with blockIdx.z >= nsplit exit at once.
 //   The keys visible to query t are cut into nsplit chunks (flash-decoding);
-//   warps of a block stride over their chunk's keys one key at a time, then
+//   warps of a block stride over their chunk's keys four at a time (att_step4s), then
 //   merge through shared memory. nsplit == 1 writes out directly, otherwise
 //   partial (acc, m, l) go to part_acc / part_ml and attn_combine merges them
 //   (grid T*H blocks, threads over Dv).
@@ -129,23 +129,23 @@ RF_DEV void att_step(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, in
     }
 }
 
-// Four consecutive key/value rows (rows Dk / Dv apart, distances dist .. dist + 3) in one online-softmax
+// Four key/value rows (krow / vrow elements apart, distances dist .. dist + 3) in one online-softmax
 // update. The four dot products reduce in interleaved butterflies: one key at a time, each step waits
 // on its own chain of shuffles (the prefill kernel was latency-bound at ~3 TFLOP/s on an H200).
-RF_DEV void att_step4(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, int Dv, float cap, int lane,
-                      int dist) {
+RF_DEV void att_step4s(AttState& S, const rf_u16* kp, const rf_u16* vp, rf_i64 krow, rf_i64 vrow, float cap,
+                       int lane, int dist, int Dk, int Dv) {
     float kv[4][ATT_NEK], vv[4][ATT_NEV];
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
 #pragma unroll
         for (int i = 0; i < ATT_NEK; ++i) {
             const int e = lane + i * RF_WARP;
-            kv[r][i] = e < Dk ? rf_h2f(kp[r * Dk + e]) : 0.f;
+            kv[r][i] = e < Dk ? rf_h2f(kp[r * krow + e]) : 0.f;
         }
 #pragma unroll
         for (int i = 0; i < ATT_NEV; ++i) {
             const int e = lane + i * RF_WARP;
-            vv[r][i] = e < Dv ? rf_h2f(vp[r * Dv + e]) : 0.f;
+            vv[r][i] = e < Dv ? rf_h2f(vp[r * vrow + e]) : 0.f;
         }
     }
 #pragma unroll
@@ -184,6 +184,12 @@ RF_DEV void att_step4(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, i
     }
 }
 
+// four rows of a tile staged in shared memory (rows Dk / Dv apart)
+RF_DEV void att_step4(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, int Dv, float cap, int lane,
+                      int dist) {
+    att_step4s(S, kp, vp, Dk, Dv, cap, lane, dist, Dk, Dv);
+}
+
 extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16* __restrict__ kc,
                                        const rf_u16* __restrict__ vc, float* __restrict__ out,
                                        float* __restrict__ part_acc, float* __restrict__ part_ml,
@@ -207,8 +213,15 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16
 
     AttState S;
     att_init(S, q, t, H, h0, Dk, scale, lane, slopes);
-    for (int j = ks + w; j < ke; j += ATT_NW)
-        att_step(S, kc + ((rf_i64)j * Hkv + kvh) * Dk, vc + ((rf_i64)j * Hkv + kvh) * Dv, Dk, Dv, cap, lane, j - p);
+    // warp w takes keys in runs of four (att_step4: four dot products per chain of shuffles), the
+    // chunk's last few one at a time
+    const rf_i64 krow = (rf_i64)Hkv * Dk, vrow = (rf_i64)Hkv * Dv;
+    int j = ks + 4 * w;
+    for (; j + 3 < ke; j += 4 * ATT_NW)
+        att_step4s(S, kc + (rf_i64)j * krow + (rf_i64)kvh * Dk, vc + (rf_i64)j * vrow + (rf_i64)kvh * Dv, krow, vrow,
+                   cap, lane, j - p, Dk, Dv);
+    for (int jj = j; jj < min(ke, j + 4); ++jj)
+        att_step(S, kc + ((rf_i64)jj * Hkv + kvh) * Dk, vc + ((rf_i64)jj * Hkv + kvh) * Dv, Dk, Dv, cap, lane, jj - p);
 #pragma unroll
     for (int g = 0; g < ATT_G; ++g) {
         if (lane == 0) { sm_m[w][g] = S.m[g]; sm_l[w][g] = S.l[g]; }

@@ -2,8 +2,8 @@
 //
 // Layout: x (rows, D) float32 contiguous, weight w (D) and bias b (D) float32
 // or NULL, y (rows, D) float32 (may alias x).
-// Launch: one block per row, blockDim.x a multiple of RF_WARP (256 by
-// default); grid.x = rows. Each thread strides over the row's elements,
+// Launch: one block per row, blockDim.x a multiple of RF_WARP (the backend gives up to 1024: one
+// element or float4 each); grid.x = rows. Each thread strides over the row's elements,
 // the block reduces the sums (rf_block_sum), then each thread writes its elements.
 #include "rf_common.h"
 #include "rf_q8.h"

@@ -515,6 +515,11 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         if q8 is not None:
             self._act_q8 = (y, q8)
 
+    def _norm_threads(self, n: int) -> int:
+        """Threads of a one-row-per-block norm over n items: one item each up to 1024 (a decode step's
+        norm is one row: the whole row in flight at once, not 256 threads walking it)."""
+        return min(1024, max(self.warp, -(-n // self.warp) * self.warp))
+
     def rms_norm(self, x, w, eps):
         x, w = self._f32(x), self._norm_param(w)
         D = x.shape[-1]
@@ -523,11 +528,12 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         q8 = None if wide or x.ndim != 2 else self._q8_buffers(x.shape[0], D)
         wp = _null() if w is None or wide else self._f32(w)
         if q8 is not None:    # decode: the norm's output goes to matvecs, write their int8 blocks too
-            self._launch("norms.hip", "rms_norm_q8_f32", (x.shape[0],), (256,),
+            self._launch("norms.hip", "rms_norm_q8_f32", (x.shape[0],), (self._norm_threads(D // 4),),
                          (x, wp, y, *q8, np.int32(D), np.float32(eps)))
             self._made_q8(y, q8)
             return y
-        self._launch("norms.hip", "rms_norm_f32", (x.size // D,), (256,), (x, wp, y, np.int32(D), np.float32(eps)))
+        self._launch("norms.hip", "rms_norm_f32", (x.size // D,), (self._norm_threads(D),),
+                     (x, wp, y, np.int32(D), np.float32(eps)))
         return y * self._f32(w) if wide else y
 
     def add_rms_norm(self, a, b, w, eps):
@@ -539,7 +545,7 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
             s = self.add(a, b)
             return s, self.rms_norm(s, w, eps)
         s, y = self._out(a.shape), self._out(a.shape)
-        self._launch("norms.hip", "add_rms_norm_q8_f32", (a.shape[0],), (256,),
+        self._launch("norms.hip", "add_rms_norm_q8_f32", (a.shape[0],), (self._norm_threads(D // 4),),
                      (a, b, s, _null() if w is None else self._f32(w), y, *q8, np.int32(D), np.float32(eps)))
         self._made_q8(y, q8)
         return s, y
