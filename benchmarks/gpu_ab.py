@@ -37,9 +37,10 @@ def batched_decode(model, n: int, n_prompt: int, n_gen: int) -> float:
     from rocmforge.cli.bench import random_prompt
     from rocmforge.model import Session
 
-    sessions = [model.new_session(n_prompt + n_gen + 1) for _ in range(n)]
+    sessions = [model.new_session(n_prompt + n_gen + 2) for _ in range(n)]
     last = [s.feed(random_prompt(model, n_prompt, seed=i)) for i, s in enumerate(sessions)]
     steps = max(8, n_gen // 4)
+    last = Session.feed_batch(sessions, [[int(np.argmax(lg))] for lg in last])   # warm-up: compiles this T's kernels
     model.backend.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):

@@ -39,6 +39,7 @@ from ..quant.formats import GPU_KERNEL_SUFFIX
 from .base import Backend
 from .cupy_attention import DECODE_MAX_T, CupyAttention, GpuKVCache  # noqa: F401 - both public here too
 from .cupy_elementwise import ACT_KINDS, CupyElementwise  # noqa: F401 - ACT_KINDS: public here too
+from .cupy_gemm import gemm_f16_f32
 from .cupy_moe import CupyMoe
 from .cupy_paged import CupyPaged
 
@@ -210,6 +211,7 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         self.mv_rows, self.mv_rpw, self.mv_unroll, self.mv_t1 = MATVEC_ROWS, MATVEC_RPW, MATVEC_UNROLL, True
         self.tiles = True            # regroup 32-weight blocks into 16-byte aligned tiles at upload
         self.fuse = True             # join same-format q/k/v and gate/up rows into one weight
+        self.gemm_ex = True          # prefill GEMMs write float32 from fp16 operands (cupy_gemm.py)
         self.act_cache = True        # quantise an activation once for the matvecs that share it (q/k/v, gate/up)
         self._act_q8: Any = None     # (x, (xq, xd, xs)) of the last quantised activation
         self._prof: Any = None       # cupy_profile.Profiler while launches are timed (bench --profile)
@@ -459,7 +461,9 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         else:
             w16 = w.typed(cp).reshape(-1, w.K) if w.qtype == "F16" else self.dequant(w, dtype="f16")
             x16 = self._op("cupy_cast_f16", x.astype, cp.float16)
-            y = self._op("cupy_cast_f32", self._op("cublas_gemm_f16", cp.matmul, x16, w16.T).astype, cp.float32)
+            y = self._op("cublas_gemmex_f16_f32", gemm_f16_f32, x16, w16.T) if self.gemm_ex else None
+            if y is None:
+                y = self._op("cupy_cast_f32", self._op("cublas_gemm_f16", cp.matmul, x16, w16.T).astype, cp.float32)
         if bias is not None:
             y = self._op("cupy_bias_add", cp.add, y, bias, out=y)
         return y

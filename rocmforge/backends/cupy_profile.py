@@ -116,7 +116,7 @@ class Profiler:
         ev0, gap = self._begin()
         out = fn(*args, **kw)
         ev1 = self._stop()
-        self._pending.append((name, ev0, ev1, op_cost(fn, args, out, fn is self.cp.matmul), gap))
+        self._pending.append((name, ev0, ev1, op_cost(fn, args, out, fn is self.cp.matmul or getattr(fn, 'is_matmul', False)), gap))
         return out
 
     def samples(self) -> list[Sample]:

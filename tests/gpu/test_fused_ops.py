@@ -114,3 +114,23 @@ def test_matvec_reads_the_norms_blocks(gb, rng):
     gb._act_q8 = None
     again = gb.to_numpy(gb.linear(gb.cp.array(h, copy=True), w))
     assert np.array_equal(fused, again)
+
+
+def test_prefill_gemm_writes_float32_directly(rng):
+    """The fp16 x fp16 -> float32 gemmEx path equals matmul + cast; on CUDA it must be the path taken."""
+    from rocmforge.backends import cupy_gemm
+    from rocmforge.backends.cupy_backend import CupyBackend
+    from rocmforge.quant import dequantize
+    from rocmforge.quant.samples import random_blocks
+
+    N, K, T = 320, 1024, 48
+    raw = random_blocks("Q4_0", (N, K), 6)
+    x = rand(rng, T, K)
+    ex, cast = CupyBackend(poison=True), CupyBackend(poison=True)
+    cast.gemm_ex = False
+    y_ex = ex.to_numpy(ex.linear(ex.upload(x), ex.weight_from_array("Q4_0", (N, K), raw)))
+    y_cast = cast.to_numpy(cast.linear(cast.upload(x), cast.weight_from_array("Q4_0", (N, K), raw)))
+    if not ex.is_hip:
+        assert not cupy_gemm._state.get("off"), "gemmEx fell back on CUDA"
+    check(y_ex, y_cast, 1e-6, "gemmEx vs matmul + cast")
+    check(y_ex, x.astype(np.float64) @ dequantize(raw, "Q4_0", (N, K)).T.astype(np.float64), 5e-4, "gemmEx")
