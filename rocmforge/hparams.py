@@ -54,7 +54,14 @@ def _lookup_hf(config: dict, path: str) -> Any:
     return cur
 
 
-_LIST_ITEM = {"int_list": int, "float_list": float, "str_list": str, "bool_list": bool}
+def _float(v: Any) -> float:
+    """float(v); transformers 5 writes non-finite floats into config.json as {"__float__": "Infinity"}."""
+    if isinstance(v, dict) and set(v) == {"__float__"}:
+        return float(v["__float__"])
+    return float(v)
+
+
+_LIST_ITEM = {"int_list": int, "float_list": _float, "str_list": str, "bool_list": bool}
 
 
 def _coerce(hp: HParam, value: Any, where: str, n_layer: int | None = None) -> Any:
@@ -70,7 +77,7 @@ def _coerce(hp: HParam, value: Any, where: str, n_layer: int | None = None) -> A
         if hp.type == "int":
             return int(value)
         if hp.type == "float":
-            return float(value)
+            return _float(value)
         if hp.type == "bool":
             return bool(value)
         if hp.type == "str":

@@ -30,6 +30,33 @@ class Session:
         self.n_past = 0
         self.tokens: list[int] = []
 
+    @property
+    def state(self):
+        """The sequence's recurrent state (rocmforge.backends.state.RecurrentState), None without recurrent layers."""
+        return getattr(self.cache, "state", None)
+
+    def fork(self) -> Session:
+        """An independent copy of this sequence: its KV cache and recurrent state copied."""
+        other = Session(self.model, self.cache.max_tokens)
+        for name in ("k", "v"):
+            setattr(other.cache, name, [a.copy() for a in getattr(self.cache, name)])
+        other.cache.length = list(self.cache.length)
+        if self.state is not None:
+            other.cache.state = self.state.copy()
+        other.n_past, other.tokens = self.n_past, list(self.tokens)
+        return other
+
+    def reset(self) -> None:
+        """Start the sequence over: nothing fed yet, recurrent state back to zeros."""
+        self.n_past, self.tokens = 0, []
+        self.cache.length = [0] * len(self.cache.length)
+        if self.state is not None:
+            self.state.reset()
+
+    def close(self) -> None:
+        """Free the KV cache and recurrent state now (dropping the session does the same)."""
+        self.cache = None
+
     def feed(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
         """Run ``ids`` after what was fed before; logits of the last token (or all, (T, vocab))."""
         if not ids:

@@ -93,6 +93,14 @@ class Context:
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         return self.executor.cached(key, make)
 
+    def state(self, seg: Segment, name: str) -> Any:
+        """This layer's recurrent state ``name`` of the sequence of ``seg`` (updated in place by the op)."""
+        state = getattr(seg.cache, "state", None)
+        if state is None:
+            raise RocmforgeError(f"layer {self.layer} needs recurrent state '{name}', but this cache holds none "
+                                 "(declare it in the recipe's state: section; paged caches hold no state yet)")
+        return state.get(self.layer, name)
+
 
 class _Probe:
     """Just enough of a Context to evaluate step options for one layer, without activations."""
@@ -185,12 +193,32 @@ class Executor:
         return {k: int(expr.evaluate(v, env)) for k, v in shape.items()}
 
     def new_cache(self, max_tokens: int) -> Any:
+        """One sequence's cache: the KV cache, with its recurrent state as ``cache.state`` (None without)."""
         dims = self.cache_dims()
-        return self.backend.new_kv_cache(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
-                                         dims["head_dim_v"], max_tokens)
+        cache = self.backend.new_kv_cache(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
+                                          dims["head_dim_v"], max_tokens)
+        shapes = self.state_shapes()
+        cache.state = self.backend.new_state(shapes) if shapes else None
+        return cache
+
+    def state_shapes(self) -> dict[tuple[int, str], tuple[int, ...]]:
+        """{(layer, name): shape} of the recurrent state the recipe's ``state:`` section declares."""
+        if "_state_shapes" not in self._cache:
+            shapes = {}
+            for name, spec in self.recipe.state.items():
+                for layer in range(self.hparams["n_layer"]):
+                    env = {**self.hparams, "layer": layer}
+                    if "if" in spec and not expr.evaluate(str(spec["if"]), env):
+                        continue
+                    shapes[(layer, name)] = tuple(int(expr.evaluate(str(d), env)) for d in spec["shape"])
+            self._cache["_state_shapes"] = shapes
+        return self._cache["_state_shapes"]
 
     def new_paged_cache(self, num_blocks: int, block_size: int) -> Any:
         """A paged KV store of ``num_blocks`` blocks shared by many sequences (rocmforge.backends.paged)."""
+        if self.recipe.state:
+            raise RocmforgeError(f"the {self.recipe.name} architecture keeps a recurrent state per sequence, "
+                                 "which the paged engine does not support yet; use Session / generate")
         dims = self.cache_dims()
         return self.backend.new_paged_kv(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
                                          dims["head_dim_v"], num_blocks, block_size)

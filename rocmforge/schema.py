@@ -94,6 +94,9 @@ class Recipe:
     # KV cache rows per layer when they differ from the attention heads (absorbed MLA caches one
     # latent "head"): {n_head_kv, head_dim, head_dim_v} expressions over hparams
     cache: dict = field(default_factory=dict)
+    # fixed-size recurrent state per layer (Mamba conv tail + SSM state, ...): {name: {shape: [expr, ...],
+    # if?: condition over hparams + layer}}, allocated with each sequence next to its KV cache
+    state: dict = field(default_factory=dict)
 
 
 _HP_TYPES = {"auto", "int", "float", "bool", "str", "int_list", "float_list", "str_list", "bool_list"}
@@ -102,7 +105,7 @@ _STEP_SECTIONS = ("embed", "block", "head")
 
 def parse_recipe(data: dict, file: str) -> Recipe:
     _only_keys(data, {"name", "description", "detect", "hparams", *_STEP_SECTIONS, "chat_template", "tiny",
-                      "config", "cache"}, file, "")
+                      "config", "cache", "state"}, file, "")
     _expect(isinstance(data.get("name"), str), file, "name", "the architecture name (a string)", data.get("name"))
     det = data.get("detect")
     _expect(isinstance(det, dict), file, "detect", "a mapping with 'gguf' and/or 'hf' lists", det)
@@ -170,8 +173,33 @@ def parse_recipe(data: dict, file: str) -> Recipe:
     cache = data.get("cache", {}) or {}
     _expect(isinstance(cache, dict) and set(cache) <= {"n_head_kv", "head_dim", "head_dim_v"}, file, "cache",
             "a mapping with n_head_kv / head_dim / head_dim_v expressions", cache)
+    state = _parse_state(data.get("state", {}) or {}, file)
     return Recipe(data["name"], file, str(data.get("description", "")), gguf_archs, hf_classes, hps,
-                  sections["embed"], sections["block"], sections["head"], tmpl, tiny, audit, cache)
+                  sections["embed"], sections["block"], sections["head"], tmpl, tiny, audit, cache, state)
+
+
+def _parse_state(state: Any, file: str) -> dict:
+    """``state: {name: {shape: [expr, ...], if?: condition}}``: each layer's fixed-size recurrent state."""
+    _expect(isinstance(state, dict), file, "state", "a mapping name -> {shape: [expr, ...], if: condition}", state)
+    for name, spec in state.items():
+        key = f"state.{name}"
+        _expect(isinstance(spec, dict) and isinstance(spec.get("shape"), list) and spec["shape"], file, key,
+                "{shape: [expr, ...], if?: condition}", spec)
+        _only_keys(spec, {"shape", "if"}, file, key)
+        for i, dim in enumerate(spec["shape"]):
+            _expect(isinstance(dim, (int, str)) and not isinstance(dim, bool), file, f"{key}.shape[{i}]",
+                    "an integer or a recipe expression", dim)
+            if isinstance(dim, str):
+                try:
+                    expr.parse(dim)
+                except expr.ExprError as exc:
+                    raise SchemaError(file, f"{key}.shape[{i}]", "a recipe expression", str(exc)) from None
+        if "if" in spec:
+            try:
+                expr.parse(str(spec["if"]))
+            except expr.ExprError as exc:
+                raise SchemaError(file, f"{key}.if", "a condition in the recipe grammar", str(exc)) from None
+    return state
 
 
 def _validate_step(step: Any, file: str, key: str) -> None:

@@ -101,6 +101,7 @@ SHAPE_CHANGES: dict[str, Callable[[tuple], tuple]] = {
     "vector": lambda shape: (int(np.prod(shape)),),
     "first_half_cols_t": lambda shape: (*shape[:-2], shape[-1] // 2, shape[-2]),
     "second_half_cols_t": lambda shape: (*shape[:-2], shape[-1] // 2, shape[-2]),
+    "squeeze": lambda shape: tuple(s for s in shape if s != 1) or (1,),
 }
 
 TRANSFORMS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
@@ -121,6 +122,10 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     # Llama 4 keeps experts as (E, in, out), gate columns then up columns: halves, transposed
     "first_half_cols_t": lambda w, hp: np.ascontiguousarray(np.swapaxes(w[..., : w.shape[-1] // 2], -1, -2)),
     "second_half_cols_t": lambda w, hp: np.ascontiguousarray(np.swapaxes(w[..., w.shape[-1] // 2:], -1, -2)),
+    # Mamba's depthwise conv weight: HF Conv1d (channels, 1, d_conv), GGUF (channels, d_conv)
+    "squeeze": lambda w, hp: np.ascontiguousarray(w.reshape(SHAPE_CHANGES["squeeze"](w.shape))),
+    # Mamba's A is stored as A_log in HF; GGUF (llama.cpp's converter) stores A = -exp(A_log)
+    "neg_exp": lambda w, hp: -np.exp(w),
 }
 
 

@@ -184,3 +184,43 @@ class Backend(ABC):
 
         Layers that share another layer's KV cache (Gemma 4) attend with these: storing them
         back at the same positions changes nothing."""
+
+    # -- recurrent layers (Mamba, Mamba-2): a fixed-size state per sequence, updated in place
+    def new_state(self, shapes: dict[tuple[int, str], tuple[int, ...]]) -> Any:
+        """A sequence's recurrent state: a zero float32 array of each shape, {(layer, name): shape}
+        (rocmforge.backends.state.RecurrentState)."""
+        from .state import RecurrentState
+
+        return RecurrentState({key: self.upload(np.zeros(shape, np.float32)) for key, shape in shapes.items()})
+
+    def conv1d_causal(self, x: Any, w: Any, b: Any | None, state: Any) -> Any:
+        """Causal depthwise convolution of x (T, C) with w (C, K) (+ bias b (C,)), continuing ``state``.
+
+        ``state`` (K-1, C) holds the sequence's last K-1 inputs (zeros at its start):
+        xin = [state; x], y[t, c] = b[c] + sum_k w[c, k] * xin[t + k, c]; afterwards
+        ``state`` holds the last K-1 rows of xin."""
+        raise NotImplementedError(f"the {self.name} backend has no conv1d_causal")
+
+    def selective_scan(self, x: Any, dt: Any, A: Any, B: Any, C: Any, D: Any | None, state: Any,
+                       dt_bias: Any | None = None) -> Any:
+        """Mamba's selective scan (S6) over x (T, Dc), continuing ``state`` h (Dc, N); returns y (T, Dc).
+
+        delta = softplus(dt + dt_bias) (T, Dc); for each t:
+        h = exp(delta_t[:, None] * A) * h + (delta_t * x_t)[:, None] * B_t[None, :];
+        y_t = h @ C_t + D * x_t. A (Dc, N); B, C (T, N); D (Dc,) or None."""
+        raise NotImplementedError(f"the {self.name} backend has no selective_scan")
+
+    def ssd_scan(self, x: Any, dt: Any, A: Any, B: Any, C: Any, D: Any | None, state: Any,
+                 dt_bias: Any | None = None, dt_min: float = 0.0, dt_max: float = float("inf")) -> Any:
+        """Mamba-2's SSD over x (T, H, P), continuing ``state`` h (H, P, N); returns y (T, H, P).
+
+        One scalar decay per head: delta = clip(softplus(dt + dt_bias), dt_min, dt_max) (T, H);
+        head h reads group g = h // (H // G) of B, C (T, G, N); for each t:
+        h[h] = exp(delta[t, h] * A[h]) * h[h] + delta[t, h] * outer(x[t, h], B[t, g]);
+        y[t, h] = h[h] @ C[t, g] + D[h] * x[t, h]. A, D (H,)."""
+        raise NotImplementedError(f"the {self.name} backend has no ssd_scan")
+
+    def rms_norm_gated(self, x: Any, z: Any, w: Any, group: int, eps: float) -> Any:
+        """Mamba-2's gated RMSNorm: g = x * silu(z) (T, C), normalised over each group of ``group``
+        channels, times w (C,)."""
+        raise NotImplementedError(f"the {self.name} backend has no rms_norm_gated")

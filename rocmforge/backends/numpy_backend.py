@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from .base import Backend
+from .numpy_ssm import NumpySSM
 
 
 class NumpyKVCache:
@@ -54,7 +55,7 @@ class NumpyKVCache:
         return self.k[layer][:n], self.v[layer][:n]
 
 
-class NumpyBackend(Backend):
+class NumpyBackend(NumpySSM, Backend):
     name = "numpy"
     device = "cpu"
 

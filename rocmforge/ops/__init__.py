@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import attention, core, ffn, mla, moe, moe_oss, per_layer
+from . import attention, core, ffn, mla, moe, moe_oss, per_layer, ssm
 from .xielu import xielu_mlp
 
 OpFn = Callable[["object", dict], None]
@@ -33,6 +33,8 @@ BUILTIN_OPS: dict[str, OpFn] = {
     "per_layer_inputs": per_layer.per_layer_inputs,
     "per_layer_mix": per_layer.per_layer_mix,
     "scale_by": per_layer.scale_by,
+    "mamba": ssm.mamba,
+    "mamba2": ssm.mamba2,
 }
 
 
