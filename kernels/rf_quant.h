@@ -294,10 +294,13 @@ RF_DEV void rf_group_q4_k(const rf_u8* row, rf_i64 g, RfGroup& G) {
     int sc, mn;
     rf_scale_min_k4(b + 4, s, sc, mn);
     rf_set_scale(G, d * (float)sc, dmin * (float)mn);
-    const rf_u32* qs = (const rf_u32*)(b + 16 + (s >> 1) * 32);
+    // 144-byte super-blocks keep rows 16-byte aligned: the 32 quant bytes in two 16-byte loads
+    const uint4* qs = (const uint4*)(b + 16 + (s >> 1) * 32);
+    const uint4 a = qs[0], c = qs[1];
+    const rf_u32 w[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
     const int sh = 4 * (s & 1);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) G.q[k] = (int)((qs[k] >> sh) & 0x0f0f0f0fu);
+    for (int k = 0; k < 8; ++k) G.q[k] = (int)((w[k] >> sh) & 0x0f0f0f0fu);
 }
 
 // Q5_K: {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]} 176 B; 5th bit: qh[l] bit s
@@ -308,8 +311,12 @@ RF_DEV void rf_group_q5_k(const rf_u8* row, rf_i64 g, RfGroup& G) {
     int sc, mn;
     rf_scale_min_k4(b + 4, s, sc, mn);
     rf_set_scale(G, d * (float)sc, dmin * (float)mn);
-    const rf_u32* qh = (const rf_u32*)(b + 16);
-    const rf_u32* qs = (const rf_u32*)(b + 48 + (s >> 1) * 32);
+    // 176-byte super-blocks keep rows 16-byte aligned: qh and qs in 16-byte loads
+    const uint4* qh4 = (const uint4*)(b + 16);
+    const uint4* qs4 = (const uint4*)(b + 48 + (s >> 1) * 32);
+    const uint4 h0 = qh4[0], h1 = qh4[1], a = qs4[0], c = qs4[1];
+    const rf_u32 qh[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+    const rf_u32 qs[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
     const int sh = 4 * (s & 1);
 #pragma unroll
     for (int k = 0; k < 8; ++k)
@@ -334,6 +341,29 @@ RF_DEV void rf_group_q6_k(const rf_u8* row, rf_i64 g, RfGroup& G) {
         G.q[k] = rf_sub_bytes(lo | (hi << 4), 32);
     }
     const rf_i8* sc = (const rf_i8*)(b + 192 + h * 8 + 2 * k4);
+    G.d[0] = d * (float)sc[0];
+    G.d[1] = d * (float)sc[1];
+    G.m[0] = G.m[1] = 0.f;
+}
+
+// Q6_KT (tiled Q6_K, gpu_layouts), 8 super-blocks (1680 B): ql[8][128] | qh[8][64] | i8 scales[8][16] |
+// f16 d[8]. The file's 210-byte super-blocks allow only 2-byte loads; here ql and qh take 16-byte ones.
+RF_DEV void rf_group_q6_kt(const rf_u8* row, rf_i64 g, RfGroup& G) {
+    const rf_i64 sb = g >> 3;
+    const rf_u8* t = row + (sb >> 3) * 1680;
+    const int j = (int)(sb & 7), s = (int)(g & 7);
+    const int h = s >> 2, k4 = s & 3;
+    const float d = rf_h2f(((const rf_u16*)(t + 1664))[j]);
+    const uint4* ql = (const uint4*)(t + j * 128 + h * 64 + (k4 & 1) * 32);
+    const uint4* qh = (const uint4*)(t + 1024 + j * 64 + h * 32);
+    const uint4 l0 = ql[0], l1 = ql[1], h0 = qh[0], h1 = qh[1];
+    const rf_u32 L[8] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w};
+    const rf_u32 Hb[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+    const int shl = 4 * (k4 >> 1), shh = 2 * k4;
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+        G.q[k] = rf_sub_bytes(((L[k] >> shl) & 0x0f0f0f0fu) | (((Hb[k] >> shh) & 0x03030303u) << 4), 32);
+    const rf_i8* sc = (const rf_i8*)(t + 1536 + j * 16 + h * 8 + 2 * k4);
     G.d[0] = d * (float)sc[0];
     G.d[1] = d * (float)sc[1];
     G.m[0] = G.m[1] = 0.f;
@@ -525,7 +555,7 @@ RF_DEV void rf_xgroup_##fmt(const rf_u8* row, rf_i64 g, float* v) {             
     X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q8_0) X(iq4_nl) X(mxfp4) \
     X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k) X(iq4_xs)
 // the tiled GPU layouts of the 32-weight formats (same decoders' contract, 16-byte loads)
-#define RF_FOR_EACH_TILED_FORMAT(X) X(q4_0t) X(q4_1t) X(q5_0t) X(q5_1t) X(q8_0t) X(iq4_nlt) X(mxfp4t)
+#define RF_FOR_EACH_TILED_FORMAT(X) X(q4_0t) X(q4_1t) X(q5_0t) X(q5_1t) X(q8_0t) X(iq4_nlt) X(mxfp4t) X(q6_kt)
 // OCP MX formats with an RfGroup decoder (dp4a matvec)
 #define RF_FOR_EACH_MX_INT_FORMAT(X) X(mx_int8) X(mx_fp4) X(mx_fp6_e2m3)
 // block formats decoded to floats (rf_fgroup_*: float matvec)

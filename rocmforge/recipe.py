@@ -134,6 +134,7 @@ class Executor:
         self.ops.setdefault("add_rms_norm", fused.add_rms_norm)
         builtin = self.ops["add"] is core.add and self.ops["rms_norm"] is core.rms_norm
         self.block = fused.fuse_steps(recipe.block) if builtin else list(recipe.block)
+        self._seam = fused.across_layers(self.block) if builtin else None   # (first norm, last add)
 
     def weight(self, name: str, optional: bool = False, host: bool = False) -> Any:
         key = (name, host)
@@ -260,9 +261,20 @@ class Executor:
         ctx = Context(self, ids, segments)
         with self.backend.forward_scope(len(ids)):
             self._run(self.recipe.embed, ctx)
-            for layer in range(self.hparams["n_layer"]):
+            n_layer = self.hparams["n_layer"]
+            # backend.fuse_steps (a benchmark knob): 2 joins within and across layers, 1 within, 0 none
+            level = int(getattr(self.backend, "fuse_steps", 2))
+            block = self.block if level >= 1 else self.recipe.block
+            seam = self._seam if level >= 2 else None
+            for layer in range(n_layer):
                 ctx.layer = layer
-                self._run(self.block, ctx)
+                steps = block
+                if seam is not None:   # layer l's last add and layer l + 1's first norm run as one step
+                    steps = steps[1 if layer > 0 else 0: -1 if layer < n_layer - 1 else None]
+                self._run(steps, ctx)
+                if seam is not None and layer < n_layer - 1:
+                    ctx.layer = layer + 1
+                    self.ops["add_rms_norm"](ctx, {"add": seam[1], "norm": seam[0]})
                 if self.on_layer is not None:
                     self.on_layer(layer)
             ctx.layer = None

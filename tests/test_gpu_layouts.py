@@ -42,4 +42,6 @@ def test_rows_that_do_not_fill_tiles_keep_the_file_layout():
     assert tile_for("Q4_0", 256) is TILES["Q4_0"]
     assert tile_for("Q4_0", 96) is None
     assert tile_for("MXFP4", 256) is None          # 16-block tiles need K % 512 == 0
-    assert tile_for("Q6_K", 4096) is None          # no tiled layout
+    assert tile_for("Q6_K", 4096) is TILES["Q6_K"]
+    assert tile_for("Q6_K", 11008) is None         # 8 super-blocks of 256 per tile: K % 2048
+    assert tile_for("Q4_K", 4096) is None          # 144-byte super-blocks: aligned as they are

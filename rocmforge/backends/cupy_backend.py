@@ -42,6 +42,7 @@ from .cupy_elementwise import ACT_KINDS, CupyElementwise  # noqa: F401 - ACT_KIN
 from .cupy_gemm import gemm_f16_f32
 from .cupy_moe import CupyMoe
 from .cupy_paged import CupyPaged
+from .cupy_state import CupyState
 
 # quant-registry format name -> kernel suffix (matvec_<s>, dequant_<s>) of kernels/rf_quant.h
 # Which kernel runs a format is the quant registry's (GPU_KERNEL_SUFFIX); how it runs is ours:
@@ -175,7 +176,7 @@ def _needs_f32_gemm(qtype: str, host: np.ndarray) -> bool:
     return elem.max_value * 2.0 ** (int(finite.max()) - mx.E8M0_BIAS) > _F16_MAX
 
 
-class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
+class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyState, Backend):
     name = "cupy"
     device = "gpu"
 
@@ -209,8 +210,9 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         self._no_graph: Any = None   # executors whose steps cannot be captured (weakref.WeakSet)
         # matvec launch shape (benchmarks/gpu_ops.py --sweep tries others); t1: a MAXT=1 module for T = 1
         self.mv_rows, self.mv_rpw, self.mv_unroll, self.mv_t1 = MATVEC_ROWS, MATVEC_RPW, MATVEC_UNROLL, True
-        self.tiles = True            # regroup 32-weight blocks into 16-byte aligned tiles at upload
+        self.tiles = True            # regroup blocks into 16-byte aligned tiles at upload (or "Q4_0,Q8_0": those only)
         self.fuse = True             # join same-format q/k/v and gate/up rows into one weight
+        self.fuse_steps = 2          # executor: join add + norm within (1) and across (2) layers
         self.gemm_ex = True          # prefill GEMMs write float32 from fp16 operands (cupy_gemm.py)
         self.act_cache = True        # quantise an activation once for the matvecs that share it (q/k/v, gate/up)
         self._act_q8: Any = None     # (x, (xq, xd, xs)) of the last quantised activation
@@ -344,7 +346,8 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, Backend):
         if host.size % max(rows, 1):
             raise RocmforgeError(f"tensor {name!r}: {host.size} bytes do not split into {rows} rows")
         f32_gemm = _needs_f32_gemm(qtype, host)
-        tile = tile_for(qtype, shape[-1]) if self.tiles else None
+        wanted = bool(self.tiles) if isinstance(self.tiles, (bool, int)) else qtype in str(self.tiles).split(",")
+        tile = tile_for(qtype, shape[-1]) if wanted else None
         if tile is not None:
             host = tile_rows(host, rows, tile)
         try:

@@ -24,6 +24,7 @@ class Tile:
     suffix: str                  # kernel suffix of the tiled layout (matvec_<suffix>, dequant_<suffix>)
     blocks: int                  # blocks per tile
     fields: tuple[int, ...]      # byte sizes of a block's fields, in file order
+    block_weights: int = 32      # weights per block (256 for the k-quant super-blocks)
 
     @property
     def block_bytes(self) -> int:
@@ -32,7 +33,7 @@ class Tile:
     @property
     def weights(self) -> int:
         """Weights per tile: a row must hold a whole number of tiles."""
-        return 32 * self.blocks
+        return self.block_weights * self.blocks
 
 
 TILES: dict[str, Tile] = {
@@ -43,6 +44,9 @@ TILES: dict[str, Tile] = {
     "Q8_0": Tile("q8_0t", 8, (2, 32)),            # f16 d | 32 int8
     "IQ4_NL": Tile("iq4_nlt", 8, (2, 16)),
     "MXFP4": Tile("mxfp4t", 16, (1, 16)),         # E8M0 exponent | nibbles (GGUF's gpt-oss MXFP4)
+    # 210-byte super-blocks: ql | qh | int8 sub-scales | f16 d (Q4_K / Q5_K super-blocks are 16-byte
+    # multiples already and keep the file layout)
+    "Q6_K": Tile("q6_kt", 8, (128, 64, 16, 2), 256),
 }
 
 

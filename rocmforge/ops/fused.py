@@ -7,6 +7,10 @@ two launches plus the int8 quantisation of the norm's output for the matvecs.
 names they read and write, never by architecture) and replaces each by one
 ``add_rms_norm`` step that calls ``Backend.add_rms_norm``. Steps with an ``if:``
 stay apart (their condition may differ per layer).
+
+:func:`across_layers` finds the same pair across the layer boundary: a block
+that ends with ``x = x + h`` and starts with ``h = rms_norm(x)`` lets the
+executor run layer l's last add with layer l + 1's first norm as one step.
 """
 
 from __future__ import annotations
@@ -36,3 +40,15 @@ def add_rms_norm(ctx, step):
                                     ctx.value(norm, "eps", "norm_eps"))
     ctx.set(add["out"], s)
     ctx.set(norm["out"], y)
+
+
+def across_layers(block: list[dict]) -> tuple[dict, dict] | None:
+    """(first norm, last add) of a block whose last add feeds its own first norm, else None."""
+    if len(block) < 2:
+        return None
+    first, last = block[0], block[-1]
+    if first["op"] != "rms_norm" or last["op"] != "add" or "if" in first or "if" in last:
+        return None
+    if first["in"] != last["out"] or not isinstance(last.get("in"), list) or len(last["in"]) != 2:
+        return None
+    return first, last

@@ -171,7 +171,7 @@ def test_act_cache_follows_the_array(gb):
     check(y2, x2 @ wref.T, 5e-4, "x2")
 
 
-TILED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4"]
+TILED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "MXFP4", "Q6_K"]
 
 
 @pytest.mark.parametrize("qtype", TILED)
