@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--served-model-name", metavar="NAME",
-                   help="the model name clients send and /v1/models lists (default: the file or folder name)")
+                   help="the model name clients send and /v1/models lists (default: MODEL as given, e.g. "
+                        "'smollm2' or the path)")
     g = p.add_argument_group("engine")
     g.add_argument("--max-num-seqs", type=_positive, metavar="N", help="requests in one running batch")
     g.add_argument("--max-model-len", type=_positive, metavar="L",
@@ -98,9 +99,9 @@ def run(args) -> int:
     if model.tokenizer is None:
         raise RocmforgeError(f"{args.model} has no tokenizer; rocmforge serve needs one")
     engine = AsyncEngine(model, **engine_kwargs(args))
-    app = create_app(engine, model, served_model_name=args.served_model_name,
-                     max_body_bytes=int(args.max_body_mb * 1024 * 1024))
-    print(f"rocmforge: serving {args.served_model_name or model.path} ({model.arch} on {model.backend.name}) "
+    name = args.served_model_name or str(args.model)    # what the user typed is what clients will send
+    app = create_app(engine, model, served_model_name=name, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    print(f"rocmforge: serving {model.path} as {name!r} ({model.arch} on {model.backend.name}) "
           f"at http://{args.host}:{args.port}/v1", flush=True)
     serve_app(app, args.host, args.port, args.log_level)
     return 0
