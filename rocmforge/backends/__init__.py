@@ -1,4 +1,10 @@
-"""Compute backends: ``numpy`` (the reference, default) and ``cupy`` (HIP/CUDA kernels).
+"""Compute backends: ``numpy`` (the float32 reference every other backend is checked against, and
+today's ``cpu``), ``cpu-kernels`` (NumPy plus Numba kernels that read the quantised blocks) and
+``cupy`` (HIP/CUDA kernels).
+
+``device="cpu"`` gets the Numba kernels only with ROCMFORGE_CPU_KERNELS=1: on the 2-core machines
+measured so far they decode slower than the float backend (benchmarks/RESULTS.md, CPU section),
+so they are not yet the default.
 
 CuPy is imported only when the GPU backend is asked for, so importing
 rocmforge never initialises a GPU.
@@ -7,6 +13,7 @@ rocmforge never initialises a GPU.
 from __future__ import annotations
 
 import logging
+import os
 
 from ..errors import DeviceError
 from .base import Backend
@@ -31,13 +38,41 @@ def gpu_unavailable_reason() -> str | None:
     return None if n > 0 else "CuPy found no GPU"
 
 
+def cpu_kernels_unavailable_reason() -> str | None:
+    """None when the Numba CPU kernels can be used; otherwise a sentence saying why not."""
+    try:
+        import numba  # noqa: F401
+    except Exception as exc:  # not installed, or a broken llvmlite: the float path still works
+        return f"numba is not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def cpu_kernels_backend() -> Backend:
+    """The quantised Numba kernels when numba imports, else (with a log line) the NumPy float reference."""
+    reason = cpu_kernels_unavailable_reason()
+    if reason is None:
+        from .cpu_backend import CpuBackend
+
+        return CpuBackend()
+    from .numpy_backend import NumpyBackend
+
+    log.warning("CPU kernels off: %s; running the NumPy float backend (dequantised weights)", reason)
+    return NumpyBackend()
+
+
 def get_backend(device: str = "cpu") -> Backend:
-    """``cpu`` -> NumPy; ``gpu`` -> CuPy (error if unavailable); ``auto`` -> GPU if present, else CPU."""
+    """``cpu``/``numpy`` -> the NumPy float backend (``cpu`` -> Numba kernels with ROCMFORGE_CPU_KERNELS=1);
+    ``cpu-kernels`` -> the Numba kernels on the quantised weights (NumPy, with a log line, if numba is
+    missing); ``gpu`` -> CuPy (error if unavailable); ``auto`` -> GPU if present, else ``cpu``."""
     device = (device or "cpu").lower()
+    if device == "cpu" and os.environ.get("ROCMFORGE_CPU_KERNELS", "0") == "1":
+        device = "cpu-kernels"
     if device in ("cpu", "numpy"):
         from .numpy_backend import NumpyBackend
 
         return NumpyBackend()
+    if device == "cpu-kernels":
+        return cpu_kernels_backend()
     if device in ("gpu", "cuda", "rocm", "hip", "cupy", "auto"):
         reason = gpu_unavailable_reason()
         if reason is None:
@@ -46,8 +81,6 @@ def get_backend(device: str = "cpu") -> Backend:
             return CupyBackend()
         if device == "auto":
             log.warning("no GPU: %s; running on the CPU", reason)
-            from .numpy_backend import NumpyBackend
-
-            return NumpyBackend()
+            return get_backend("cpu")
         raise DeviceError(f"device='{device}' was asked for, but {reason}. Use device='cpu' or 'auto'.")
-    raise DeviceError(f"unknown device '{device}'; expected cpu, gpu or auto")
+    raise DeviceError(f"unknown device '{device}'; expected cpu, gpu or auto (or numpy, cpu-kernels)")

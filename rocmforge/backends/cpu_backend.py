@@ -1,0 +1,157 @@
+"""The CPU backend: quantised weights stay quantised; decode reads the blocks with Numba kernels.
+
+``CpuBackend`` is the NumPy backend with one change: a 2-D weight in a block format the kernels
+read (:data:`rocmforge.backends.cpu_kernels.FORMATS`) is kept as the file's bytes (a
+:class:`QuantWeight`, a view of the memory map: no float copy), and
+
+* ``linear`` with at most :attr:`CpuBackend.max_kernel_rows` token rows (decode, small batches)
+  runs the int8 matvec kernel straight from the blocks;
+* longer inputs (prefill) dequantise the weight in row chunks of :data:`PREFILL_CHUNK` elements
+  and multiply each chunk with BLAS, so no float copy of a whole matrix lives longer than a call;
+* ``embedding`` decodes only the rows it is asked for.
+
+Norm weights, biases, float matrices and everything the kernels do not read (3-D expert
+stacks, other block types) go through the NumPy backend unchanged, as do all other ops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from .numpy_backend import NumpyBackend
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 1 << 20          # weights dequantised at a time on the BLAS path (4 MiB of float32)
+_EMPTY = np.zeros(0, np.float32)
+
+
+class QuantWeight:
+    """A 2-D weight kept as raw blocks: up to three row blocks of one format (q|k|v, gate|up joined
+    without a copy), each a uint8 (rows, row_bytes) view of the file."""
+
+    __slots__ = ("qtype", "fid", "shape", "parts", "raw")
+
+    def __init__(self, qtype: str, fid: int, shape: tuple[int, int], parts: list[np.ndarray]):
+        self.qtype, self.fid, self.shape = qtype, fid, shape
+        empty = parts[0][:0]
+        self.parts = tuple(parts) + (empty,) * (3 - len(parts))
+        self.raw = parts
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(p.nbytes) for p in self.raw)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """The float32 rows ``idx`` (int64 indices into the joined rows)."""
+        from .cpu_kernels import kernels
+
+        k = kernels()
+        out = np.empty((len(idx), self.shape[1]), np.float32)
+        start = 0
+        for part in self.raw:
+            sel = (idx >= start) & (idx < start + part.shape[0])
+            if sel.any():
+                local = np.ascontiguousarray(idx[sel] - start, dtype=np.int64)
+                buf = np.empty((len(local), self.shape[1]), np.float32)
+                k.rows(self.fid, part, local, buf)
+                out[sel] = buf
+            start += part.shape[0]
+        return out
+
+    def dequantize(self) -> np.ndarray:
+        return self.rows(np.arange(self.shape[0], dtype=np.int64))
+
+    def __array__(self, dtype=None, copy=None):
+        # anything outside linear/embedding that reads the weight as an array gets the floats
+        a = self.dequantize()
+        return a if dtype is None else a.astype(dtype)
+
+    def __getitem__(self, key):
+        if isinstance(key, (np.ndarray, list)) and np.asarray(key).dtype.kind in "iu":
+            return self.rows(np.asarray(key, np.int64).reshape(-1)).reshape(*np.shape(key), self.shape[1])
+        return self.dequantize()[key]
+
+    def __repr__(self) -> str:
+        return f"QuantWeight({self.qtype}, {self.shape}, {len(self.raw)} part(s))"
+
+
+class CpuBackend(NumpyBackend):
+    name = "cpu"
+    device = "cpu"
+    # token rows up to which linear() runs the int8 kernels (each row re-reads the weights from
+    # cache, so past a few rows dequantise + BLAS wins; measured on SmolLM2, see RESULTS.md)
+    max_kernel_rows = int(os.environ.get("ROCMFORGE_CPU_KERNEL_ROWS", "8"))
+
+    def __init__(self):
+        from . import cpu_kernels
+
+        self._ck = cpu_kernels
+        self.kernels = cpu_kernels.kernels()       # compiled, or loaded from numba's disk cache
+
+    def describe(self) -> str:
+        ck = self._ck
+        secs = ck.compile_seconds or 0.0
+        return (f"numba {ck.numba.__version__} int8 kernels ({ck.numba.threading_layer()}, "
+                f"{self.kernels.nthreads} threads; ready in {secs:.1f} s): decode matvecs read the blocks for "
+                f"T <= {self.max_kernel_rows}, prefill dequantises row chunks for BLAS")
+
+    # -- weights
+    def _quant(self, raws) -> QuantWeight | None:
+        q0 = raws[0].qtype
+        if not self._ck.supported(q0) or any(r.qtype != q0 or len(r.shape) != 2 for r in raws):
+            return None
+        K = raws[0].shape[1]
+        if any(r.shape[1] != K for r in raws) or len(raws) > 3:
+            return None
+        parts = [np.ascontiguousarray(r.data).view(np.uint8).reshape(r.shape[0], -1) for r in raws]
+        return QuantWeight(q0, self._ck.FORMATS[q0], (sum(r.shape[0] for r in raws), K), parts)
+
+    def weight(self, raw):
+        q = self._quant([raw]) if len(raw.shape) == 2 else None
+        return q if q is not None else super().weight(raw)
+
+    def fuse_weights(self, raws):
+        if len({r.qtype for r in raws}) == 1 and self._ck.supported(raws[0].qtype):
+            return self._quant(raws)
+        if any(self._ck.supported(r.qtype) and len(r.shape) == 2 for r in raws):
+            return None                 # mixed formats: keep them apart (each stays quantised)
+        return super().fuse_weights(raws)
+
+    # -- ops that read weights
+    def embedding(self, w, ids):
+        if isinstance(w, QuantWeight):
+            return w.rows(np.asarray(ids, np.int64).reshape(-1))
+        return super().embedding(w, ids)
+
+    def linear(self, x, w, bias=None):
+        if not isinstance(w, QuantWeight):
+            return super().linear(x, w, bias)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        T = x.shape[0]
+        N, K = w.shape
+        if T <= self.max_kernel_rows:
+            y = np.empty((T, N), np.float32)
+            b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+            self.kernels.matvec(w.fid, w.parts, x, b, y)
+            return y
+        y = np.empty((T, N), np.float32)
+        step = max(1, PREFILL_CHUNK // K)
+        start = 0
+        for part in w.raw:
+            for r0 in range(0, part.shape[0], step):
+                r1 = min(part.shape[0], r0 + step)
+                chunk = np.empty((r1 - r0, K), np.float32)
+                self.kernels.rows(w.fid, part, np.arange(r0, r1, dtype=np.int64), chunk)
+                np.matmul(x, chunk.T, out=y[:, start + r0:start + r1])
+            start += part.shape[0]
+        if bias is not None:
+            y += bias
+        return y
