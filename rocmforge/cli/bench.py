@@ -96,6 +96,8 @@ def run(args) -> int:
     res.update({"model": model.path, "arch": model.arch, "quant_mix": model.quant_mix(),
                 "backend": model.backend.name, "device": model.backend.device, "machine": platform.machine(),
                 "python": platform.python_version()})
+    if hasattr(model.backend, "describe"):      # the CPU kernels say which kernels run
+        res["kernels"] = model.backend.describe()
     profiles = []
     if gpu:
         prompt = random_prompt(model, args.prompt, args.seed)
@@ -111,6 +113,8 @@ def run(args) -> int:
     print(f"{model.arch} {model.path} on {model.backend.name}", file=sys.stderr)
     print(f"pp{args.prompt}: {res['pp_tps']:8.1f} t/s")
     print(f"tg{args.gen}: {res['tg_tps']:8.1f} t/s")
+    if "kernels" in res:
+        print(f"kernels: {res['kernels']}")
     if gpu:
         print(f"graphs: {'on' if res['graphs'] else 'off'} (decode steps "
               f"{'replay a captured graph' if res['graphs'] else 'launch eagerly'})")
