@@ -1,0 +1,187 @@
+"""Serving benchmark: concurrent streaming requests against an OpenAI-compatible server.
+
+    # rocmforge alone (starts `python -m rocmforge serve MODEL`, runs, stops it)
+    python3 benchmarks/serve_bench.py --ours smollm2 --streams 1,4,16 --tokens 32
+    # side by side with llama.cpp's llama-server on the same file
+    python3 benchmarks/serve_bench.py --ours FILE.gguf --llama-server /path/llama-server --streams 1,4,16,64 \\
+        [--device gpu] [--ngl 99] [--shared-prefix 512] --json serve.json
+
+Each stream sends one `POST /v1/completions` with `"stream": true`, greedy, `ignore_eos` (so every
+request generates --tokens tokens on both engines), and reads the SSE chunks as they arrive. Per
+request: time to first token (TTFT) and the gaps between later chunks (inter-token latency, ITL).
+Per level of concurrency: aggregate generated tokens/s over the wall time of the whole wave, and
+p50 / p99 of TTFT and ITL. ``--shared-prefix N`` gives every prompt the same N-word system text
+before its own question (the prefix-cache workload); otherwise prompts share nothing. llama-server
+runs with ``-np`` = the largest stream count and continuous batching (its default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORDS = ("river stone light garden winter paper window music morning silver forest letter city ocean "
+         "mountain story bridge candle market orange").split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prompts(n: int, shared: int, words: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    head = " ".join(rng.choice(WORDS) for _ in range(shared)) + "\n" if shared else ""
+    return [head + f"Request {i}: " + " ".join(rng.choice(WORDS) for _ in range(words)) for i in range(n)]
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+async def one_stream(client, url: str, model: str, prompt: str, tokens: int) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    t0 = time.perf_counter()
+    stamps, n_chunks = [], 0
+    async with client.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+        if r.status_code != 200:
+            return {"error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                stamps.append(time.perf_counter())
+                n_chunks += 1
+    if not stamps:
+        return {"error": "no tokens"}
+    return {"ttft": stamps[0] - t0, "itl": [b - a for a, b in zip(stamps, stamps[1:])], "chunks": n_chunks,
+            "end": stamps[-1] - t0}
+
+
+async def wave(url: str, model: str, n: int, tokens: int, shared: int, words: int) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    async with httpx.AsyncClient(limits=limits) as client:
+        await one_stream(client, url, model, "warm up", 4)
+        ps = prompts(n, shared, words, seed=n)
+        t0 = time.perf_counter()
+        res = await asyncio.gather(*(one_stream(client, url, model, p, tokens) for p in ps))
+        wall = time.perf_counter() - t0
+    errors = [r["error"] for r in res if "error" in r]
+    ok = [r for r in res if "error" not in r]
+    ttft = [r["ttft"] for r in ok]
+    itl = [x for r in ok for x in r["itl"]]
+    # a chunk may carry more than one token on some servers; requests were asked for `tokens` each
+    generated = tokens * len(ok)
+    return {"streams": n, "tokens_per_request": tokens, "wall_s": wall, "agg_tps": generated / wall if wall else 0.0,
+            "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
+            "itl_p50": percentile(itl, 50), "itl_p99": percentile(itl, 99), "errors": errors[:3],
+            "n_errors": len(errors)}
+
+
+def start(cmd: list[str], url: str, log: Path, timeout: float = 300) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    raise SystemExit(f"server did not come up in {timeout:.0f} s; see {log}")
+
+
+def run_engine(name: str, cmd: list[str], port: int, model_name: str, a) -> list[dict]:
+    url = f"http://127.0.0.1:{port}"
+    log = Path(a.logdir) / f"{name}-server.log"
+    proc = start(cmd, url, log)
+    rows = []
+    try:
+        for n in a.streams:
+            r = asyncio.run(wave(url, model_name, n, a.tokens, a.shared_prefix, a.words))
+            r["engine"] = name
+            rows.append(r)
+            print(f"[{name:9s}] x{n:<3d} {r['agg_tps']:8.1f} t/s aggregate  TTFT p50/p99 "
+                  f"{_ms(r['ttft_p50'])}/{_ms(r['ttft_p99'])} ms  ITL p50/p99 {_ms(r['itl_p50'])}/{_ms(r['itl_p99'])} ms"
+                  + (f"  ({r['n_errors']} errors: {r['errors'][0]})" if r["n_errors"] else ""), flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return rows
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{1e3 * x:.0f}"
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| engine | streams | aggregate t/s | TTFT p50 / p99 ms | ITL p50 / p99 ms |", "| --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        out.append(f"| {r['engine']} | {r['streams']} | {r['agg_tps']:.1f} | {_ms(r['ttft_p50'])} / {_ms(r['ttft_p99'])} "
+                   f"| {_ms(r['itl_p50'])} / {_ms(r['itl_p99'])} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ours", metavar="MODEL", help="serve MODEL with `python -m rocmforge serve`")
+    ap.add_argument("--llama-server", metavar="PATH", help="also run llama.cpp's llama-server on the same file")
+    ap.add_argument("--device", default="cpu", help="rocmforge's --device (default cpu)")
+    ap.add_argument("--ngl", type=int, default=0, help="llama-server -ngl (99 for a GPU)")
+    ap.add_argument("--streams", type=lambda t: [int(v) for v in t.split(",")], default=[1, 4, 16])
+    ap.add_argument("--tokens", type=int, default=32, help="tokens generated per request")
+    ap.add_argument("--words", type=int, default=24, help="words of each request's own prompt")
+    ap.add_argument("--shared-prefix", type=int, default=0, help="words of a system text every prompt shares")
+    ap.add_argument("--logdir", default="/tmp", help="where the servers' logs go")
+    ap.add_argument("--json", help="write the rows here")
+    a = ap.parse_args(argv)
+    if not a.ours:
+        ap.error("--ours MODEL is required (the file both engines serve)")
+    rows = []
+    port = free_port()
+    ours = [sys.executable, "-m", "rocmforge", "serve", a.ours, "--port", str(port), "--device", a.device,
+            "--max-num-seqs", str(max(a.streams)), "--served-model-name", "bench"]
+    rows += run_engine("rocmforge", ours, port, "bench", a)
+    if a.llama_server:
+        from rocmforge.installed_models import resolve_model
+
+        path = str(resolve_model(a.ours))
+        port = free_port()
+        np_ = max(a.streams)
+        ctx = np_ * (a.shared_prefix * 2 + a.words * 2 + a.tokens + 64)
+        cmd = [a.llama_server, "-m", path, "--port", str(port), "-np", str(np_), "-c", str(ctx), "-ngl",
+               str(a.ngl), "--alias", "bench"]
+        rows += run_engine("llama.cpp", cmd, port, "bench", a)
+    print(table(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"rows": rows, "args": vars(a), "pid": os.getpid()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
