@@ -24,19 +24,16 @@ def generate_ids(model, prompt_ids: list[int], max_tokens: int, params: Sampling
     if len(prompt_ids) >= model.context_length:
         raise RocmforgeError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {model.context_length}")
     session = model.new_session(min(budget, model.context_length))
-    try:
-        rng = np.random.default_rng(params.seed)
-        logits = session.feed(list(prompt_ids))
-        history = list(prompt_ids)
-        for _ in range(min(max_tokens, model.context_length - len(prompt_ids))):
-            tok = sample(logits, params, rng, history)
-            if stop_ids and tok in stop_ids:
-                return
-            yield tok
-            history.append(tok)
-            logits = session.feed([tok])
-    finally:        # finished, stopped or abandoned: the KV cache and recurrent state go now
-        session.close()
+    rng = np.random.default_rng(params.seed)
+    logits = session.feed(list(prompt_ids))
+    history = list(prompt_ids)
+    for _ in range(min(max_tokens, model.context_length - len(prompt_ids))):
+        tok = sample(logits, params, rng, history)
+        if stop_ids and tok in stop_ids:
+            return
+        yield tok
+        history.append(tok)
+        logits = session.feed([tok])
 
 
 def generate(model, prompt: str | list[int], max_tokens: int = 64, temperature: float = 0.7, top_k: int = 40,
