@@ -40,6 +40,9 @@ class Session:
         other = Session(self.model, self.cache.max_tokens)
         for name in ("k", "v"):
             setattr(other.cache, name, [a.copy() for a in getattr(self.cache, name)])
+        for name in ("k_scale", "v_scale"):     # an FP8 cache's per-layer scales (dynamic ones are set on use)
+            if hasattr(self.cache, name):
+                setattr(other.cache, name, list(getattr(self.cache, name)))
         other.cache.length = list(self.cache.length)
         if self.state is not None:
             other.cache.state = self.state.copy()
@@ -102,10 +105,23 @@ class Model:
     file_size: int = 0
 
     n_file_tensors: int = 0
+    kv_cache_dtype: str = "auto"     # "auto" (fp8 when the file has KV scales, else float), "f16", "fp8", ...
+    kv_scales: dict[int, tuple[float, float]] | None = None   # the file's {layer: (k_scale, v_scale)}
+    quark_layers: dict[str, dict[str, str]] | None = None     # Quark exports: each layer's formats (info)
 
     def __post_init__(self):
         self._materialized: dict[str, Any] = {}
         self.executor = Executor(self.spec.recipe_obj, self.hparams, self._raw, self.backend)
+        kv = self.kv_cache_dtype or "auto"
+        if kv not in KV_CACHE_DTYPES:
+            from .errors import RocmforgeError
+
+            raise RocmforgeError(f"kv_cache_dtype {kv!r}: expected one of {', '.join(KV_CACHE_DTYPES)}")
+        if kv == "auto" and self.kv_scales:
+            kv = "fp8"              # the export calibrated an FP8 KV cache: use it
+        self.kv_cache_dtype = kv
+        self.executor.kv_cache_dtype = kv
+        self.executor.kv_scales = self.kv_scales if kv.startswith("fp8") else None
 
     @property
     def arch(self) -> str:
@@ -130,8 +146,21 @@ class Model:
         if t is None:
             return None
         if name not in self._materialized:   # the file's own tensor unless stacked/split/transformed
-            self._materialized[name] = materialize(t, self.hparams)
+            raw = materialize(t, self.hparams)
+            act = _input_quant(t)
+            if act is not None:           # the file quantises this weight's input (rocmforge.quant.act)
+                raw.act = act
+            self._materialized[name] = raw
         return self._materialized[name]
+
+    def kv_cache_bytes(self, n_tokens: int | None = None) -> int:
+        """Bytes of one sequence's K and V over ``n_tokens`` positions (default: the context length)
+        in this model's KV cache storage (float32 on the NumPy reference, fp16 on a GPU, fp8: one)."""
+        dims = self.executor.cache_dims()
+        kv = self.kv_cache_dtype
+        per = 1 if kv.startswith("fp8") else 2 if (kv == "f16" or self.backend.device != "cpu") else 4
+        n = self.context_length if n_tokens is None else n_tokens
+        return int(self.hparams["n_layer"]) * dims["n_head_kv"] * (dims["head_dim"] + dims["head_dim_v"]) * n * per
 
     def prepare(self, progress: bool = False) -> Model:
         """Prepare the weights for the backend now (dequantise/upload), with a progress bar if asked.
@@ -189,8 +218,25 @@ class Model:
         return n
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu", tokenizer: bool = True) -> Model:
-    """Open a GGUF file or HF folder (or an installed model's short name) and build a Model."""
+KV_CACHE_DTYPES = ("auto", "f16", "fp8", "fp8_e4m3fn", "fp8_e4m3fnuz")
+
+
+def _input_quant(t: MappedTensor):
+    """The input quantisation of a canonical tensor from its file tensors' (experts: stacked)."""
+    from .quant.act import stack
+
+    if t.parts is not None:
+        return stack([getattr(p, "act", None) for p in t.parts])
+    return getattr(t.source or t.raw, "act", None)
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", tokenizer: bool = True,
+               kv_cache_dtype: str = "auto") -> Model:
+    """Open a GGUF file or HF folder (or an installed model's short name) and build a Model.
+
+    ``kv_cache_dtype``: "auto" (FP8 with the file's scales when it has them, else float), "f16",
+    "fp8" (the device's FP8 flavour, dynamic per-layer scales when the file has none), or the
+    flavour itself: "fp8_e4m3fn" (OCP: NVIDIA, MI350/MI355) / "fp8_e4m3fnuz" (MI300)."""
     from .backends import get_backend
     from .installed_models import resolve_model
     from .loaders.detect_format import open_model_file
@@ -209,7 +255,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu", tokenizer: bool = T
     backend = get_backend(device)
     log.info("loaded %s as %s (%d tensors) on %s", where, spec.name, len(mapped), backend.name)
     model = Model(spec, hp, mapped, tok, backend, where, loaded.format, loaded.metadata, loaded.file_size,
-                  len(loaded.tensors))
+                  len(loaded.tensors), kv_cache_dtype, loaded.extra.get("kv_scales") or None,
+                  loaded.extra.get("quark_layers"))
     model.check_tensors()
     return model
 

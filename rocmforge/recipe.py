@@ -125,6 +125,10 @@ class Executor:
         self._values: dict[Any, Any] = {}
         self.on_layer: Callable[[int], None] | None = None   # progress hook, called after each layer
         self._conditions: dict[Any, bool] = {}
+        # KV cache storage ("auto", "f16", "fp8", "fp8_e4m3fn", "fp8_e4m3fnuz") and the file's per-layer
+        # {layer: (k_scale, v_scale)} (Quark exports); the Model sets them
+        self.kv_cache_dtype = "auto"
+        self.kv_scales: dict[int, tuple[float, float]] | None = None
         self.ops = ops if ops is not None else all_ops()
         for section in ("embed", "block", "head"):
             for i, step in enumerate(getattr(recipe, section)):
@@ -147,7 +151,7 @@ class Executor:
             # tied tensors (output -> token_embd) share one prepared copy
             shared = (id(raw), host)
             if shared not in self._weights:
-                self._weights[shared] = raw.dequantize() if host else self.backend.weight(raw)
+                self._weights[shared] = raw.dequantize() if host else self._prepare([raw], self.backend.weight(raw))
             self._weights[key] = self._weights[shared]
         return self._weights[key]
 
@@ -159,8 +163,17 @@ class Executor:
             if missing:
                 raise TensorMapError(f"recipe {self.recipe.file} needs tensor(s) {', '.join(missing)}, "
                                      "which the model does not have")
-            self._weights[key] = self.backend.fuse_weights(raws)
+            acts = {getattr(r, "act", None) for r in raws}
+            # rows whose inputs are quantised differently cannot share one matmul
+            self._weights[key] = self._prepare(raws, self.backend.fuse_weights(raws)) if len(acts) == 1 else None
         return self._weights[key]
+
+    def _prepare(self, raws: list, prepared: Any) -> Any:
+        """A prepared weight with its input quantisation attached (``raw.act``, rocmforge.quant.act)."""
+        act = getattr(raws[0], "act", None)
+        if act is None or prepared is None:
+            return prepared
+        return self.backend.quantized_input(prepared, act)
 
     def missing_tensors(self, has: Callable[[str], bool]) -> list[str]:
         """Every tensor the forward pass reads that ``has`` says the model lacks, layer by layer."""
@@ -196,8 +209,11 @@ class Executor:
     def new_cache(self, max_tokens: int) -> Any:
         """One sequence's cache: the KV cache, with its recurrent state as ``cache.state`` (None without)."""
         dims = self.cache_dims()
+        kv = {}
+        if self.kv_cache_dtype != "auto" or self.kv_scales:     # backends without the options keep working
+            kv = {"dtype": self.kv_cache_dtype, "scales": self.kv_scales}
         cache = self.backend.new_kv_cache(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
-                                          dims["head_dim_v"], max_tokens)
+                                          dims["head_dim_v"], max_tokens, **kv)
         shapes = self.state_shapes()
         cache.state = self.backend.new_state(shapes) if shapes else None
         return cache
@@ -220,6 +236,10 @@ class Executor:
         if self.recipe.state:
             raise RocmforgeError(f"the {self.recipe.name} architecture keeps a recurrent state per sequence, "
                                  "which the paged engine does not support yet; use Session / generate")
+        if self.kv_cache_dtype.startswith("fp8"):
+            raise RocmforgeError("the paged engine has no FP8 KV cache yet (kv_cache_dtype "
+                                 f"{self.kv_cache_dtype!r}); use kv_cache_dtype='f16' (or 'auto' for a model "
+                                 "without KV scales), or Session / generate for FP8")
         dims = self.cache_dims()
         return self.backend.new_paged_kv(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
                                          dims["head_dim_v"], num_blocks, block_size)

@@ -86,6 +86,7 @@ def test_quark_hand_off(tmp_path, monkeypatch):
 
     fake = types.ModuleType("rocmforge.loaders.quark")
     fake.convert_quark_tensors = convert_quark_tensors
+    fake.quark_extras = lambda cfg, raw, converted: {"kv_scales": {}}
     monkeypatch.setitem(sys.modules, "rocmforge.loaders.quark", fake)
     lf = read_hf_folder(folder)
     assert list(lf.tensors) == ["only"] and seen["config"]["quantization_config"]["quant_method"] == "quark"

@@ -69,9 +69,18 @@ class Backend(ABC):
         s = self.add(a, b)
         return s, self.rms_norm(s, w, eps)
 
+    def quantized_input(self, w: Any, act: Any) -> Any:
+        """The prepared weight ``w`` whose :meth:`linear` (and expert FFNs) first quantise-dequantise
+        their input as ``act`` (rocmforge.quant.act.ActQuant) says (activation quantisation)."""
+        raise NotImplementedError(f"the {self.name} backend cannot quantise activations ({act.describe()})")
+
     @abstractmethod
     def new_kv_cache(self, n_layer: int, n_kv_head: int, head_dim_k: int, head_dim_v: int, max_tokens: int) -> Any:
-        """An empty KV cache for one sequence."""
+        """An empty KV cache for one sequence.
+
+        Backends with KV storage options take ``dtype`` ("auto" float, "f16", "fp8" = the device's
+        FP8 flavour, "fp8_e4m3fn", "fp8_e4m3fnuz") and ``scales`` {layer: (k_scale, v_scale)}
+        (calibrated for e4m3fn) as keywords; the executor passes them only when not the default."""
 
     def new_paged_kv(self, n_layer: int, n_kv_head: int, head_dim_k: int, head_dim_v: int, num_blocks: int,
                      block_size: int) -> Any:

@@ -46,7 +46,10 @@ class GpuKVCache:
 
 
 class CupyAttention:
-    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens):
+    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, dtype="auto", scales=None):
+        if dtype not in ("auto", "f16"):
+            raise DeviceError(f"KV cache dtype {dtype!r} is not implemented on the GPU yet (fp16 only); "
+                              "use kv_cache_dtype='f16' (--kv-cache-dtype f16) or the CPU")
         try:
             return GpuKVCache(self.cp, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens)
         except self.cp.cuda.memory.OutOfMemoryError as exc:

@@ -21,12 +21,20 @@ class NumpyKVCache:
     A layer whose K/V differ in shape from the model's default (per-layer head sizes) takes the
     shape of the first K/V stored in it."""
 
-    def __init__(self, n_layer: int, n_kv_head: int, dk: int, dv: int, max_tokens: int):
+    dtype = np.dtype(np.float32)       # what K/V are stored as (float16 for kv_cache_dtype="f16")
+
+    def __init__(self, n_layer: int, n_kv_head: int, dk: int, dv: int, max_tokens: int, dtype=None):
         cap = min(max_tokens, 256)
         self.max_tokens = max_tokens
-        self.k = [np.empty((cap, n_kv_head, dk), np.float32) for _ in range(n_layer)]
-        self.v = [np.empty((cap, n_kv_head, dv), np.float32) for _ in range(n_layer)]
+        if dtype is not None:
+            self.dtype = np.dtype(dtype)
+        self.k = [np.empty((cap, n_kv_head, dk), self.dtype) for _ in range(n_layer)]
+        self.v = [np.empty((cap, n_kv_head, dv), self.dtype) for _ in range(n_layer)]
         self.length = [0] * n_layer
+
+    def _encode(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """K/V as stored (the FP8 cache stores scaled codes)."""
+        return k, v
 
     def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
         end = pos0 + k.shape[0]
@@ -37,22 +45,62 @@ class NumpyKVCache:
         if self.length[layer] == 0 and (self.k[layer].shape[1:] != k.shape[1:] or self.v[layer].shape[1:] != v.shape[1:]):
             # a layer with its own kv heads / head size (Gemma 4 global layers): its first store decides
             cap = self.k[layer].shape[0]
-            self.k[layer] = np.empty((cap, *k.shape[1:]), np.float32)
-            self.v[layer] = np.empty((cap, *v.shape[1:]), np.float32)
+            self.k[layer] = np.empty((cap, *k.shape[1:]), self.dtype)
+            self.v[layer] = np.empty((cap, *v.shape[1:]), self.dtype)
         if end > self.k[layer].shape[0]:
             cap = min(self.max_tokens, max(end, 2 * self.k[layer].shape[0]))
             for buf in (self.k, self.v):
                 old = buf[layer]
-                new = np.empty((cap, *old.shape[1:]), np.float32)
+                new = np.empty((cap, *old.shape[1:]), self.dtype)
                 new[: self.length[layer]] = old[: self.length[layer]]
                 buf[layer] = new
+        k, v = self._encode(layer, k, v)
         self.k[layer][pos0:end] = k
         self.v[layer][pos0:end] = v
         self.length[layer] = end
 
     def read(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """K and V of positions 0..n: (n, n_kv_head, head_dim)."""
-        return self.k[layer][:n], self.v[layer][:n]
+        """K and V of positions 0..n: (n, n_kv_head, head_dim) float32."""
+        if self.dtype == np.float32:
+            return self.k[layer][:n], self.v[layer][:n]
+        return self.k[layer][:n].astype(np.float32), self.v[layer][:n].astype(np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the K/V of ``max_tokens`` positions take in this cache's storage type."""
+        per_pos = sum(a.shape[1] * a.shape[2] for a in (*self.k, *self.v))
+        return per_pos * self.max_tokens * self.dtype.itemsize
+
+
+class NumpyFP8KVCache(NumpyKVCache):
+    """K and V stored as FP8 codes (``flavour`` fp8_e4m3fn or fp8_e4m3fnuz) with one float scale per
+    layer and tensor: value = code * scale (rocmforge.quant.act). ``scales`` {layer: (k_scale, v_scale)}
+    are the file's (calibrated for e4m3fn; doubled for e4m3fnuz); a layer without one takes a
+    dynamic scale from its first store (kv_dynamic_scale)."""
+
+    def __init__(self, n_layer, n_kv_head, dk, dv, max_tokens, flavour="fp8_e4m3fn", scales=None):
+        from ..quant.act import kv_flavour, kv_scale_for
+
+        self.flavour = flavour
+        self.dtype = kv_flavour(flavour)[0]
+        super().__init__(n_layer, n_kv_head, dk, dv, max_tokens)
+        scales = scales or {}
+        self.k_scale = [kv_scale_for(flavour, scales[i][0]) if i in scales else None for i in range(n_layer)]
+        self.v_scale = [kv_scale_for(flavour, scales[i][1]) if i in scales else None for i in range(n_layer)]
+
+    def _encode(self, layer, k, v):
+        from ..quant.act import kv_dynamic_scale, kv_encode
+
+        if self.k_scale[layer] is None:
+            self.k_scale[layer] = kv_dynamic_scale(k, self.flavour)
+        if self.v_scale[layer] is None:
+            self.v_scale[layer] = kv_dynamic_scale(v, self.flavour)
+        return kv_encode(k, self.k_scale[layer], self.flavour), kv_encode(v, self.v_scale[layer], self.flavour)
+
+    def read(self, layer, n):
+        from ..quant.act import kv_decode
+
+        return kv_decode(self.k[layer][:n], self.k_scale[layer]), kv_decode(self.v[layer][:n], self.v_scale[layer])
 
 
 class NumpyBackend(NumpySSM, Backend):
@@ -90,7 +138,17 @@ class NumpyBackend(NumpySSM, Backend):
     def embedding(self, w, ids):
         return w[np.asarray(ids, dtype=np.int64)].astype(np.float32, copy=True)
 
+    def quantized_input(self, w, act):
+        from ..quant.act import InputQuantized
+
+        return InputQuantized(w, act)
+
     def linear(self, x, w, bias=None):
+        if hasattr(w, "act"):     # activation quantisation: qdq x, then the weight's own linear
+            from ..quant.act import split_input
+
+            x, w = split_input(w, x)
+            return self.linear(x, w, bias)
         y = x @ w.T
         if bias is not None:
             y += bias
@@ -128,8 +186,15 @@ class NumpyBackend(NumpySSM, Backend):
             raise ValueError(f"unknown rope style {style!r}")
         return out
 
-    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens):
-        return NumpyKVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens)
+    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, dtype="auto", scales=None):
+        if dtype in ("fp8", "fp8_e4m3fn", "fp8_e4m3fnuz"):
+            flavour = "fp8_e4m3fn" if dtype == "fp8" else dtype
+            return NumpyFP8KVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, flavour, scales)
+        if dtype not in ("auto", "f16", "f32"):
+            raise ValueError(f"unknown KV cache dtype {dtype!r}; expected auto, f16, f32, fp8, fp8_e4m3fn "
+                             "or fp8_e4m3fnuz")
+        store = np.float16 if dtype == "f16" else np.float32
+        return NumpyKVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, store)
 
     def new_paged_kv(self, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size):
         from .paged import NumpyPagedKV
@@ -229,11 +294,21 @@ class NumpyBackend(NumpySSM, Backend):
         for e in np.unique(ids):
             rows, slot = np.nonzero(ids == e)
             xe = x[rows]
-            h = self.act(xe @ gate[e].T, act) * (xe @ up[e].T)
-            out[rows] += weights[rows, slot][:, None] * (h @ down[e].T)
+            h = self.act(self._expert_mm(xe, gate, e), act) * self._expert_mm(xe, up, e)
+            out[rows] += weights[rows, slot][:, None] * self._expert_mm(h, down, e)
         return out
 
+    @staticmethod
+    def _expert_mm(x, w, e):
+        """x @ w[e].T, x first quantised as expert e's input scheme says (if any)."""
+        from ..quant.act import split_input
+
+        x, we = split_input(w[e], x)
+        return x @ we.T
+
     def moe_ffn_oai(self, x, gate, up, down, gate_b, up_b, down_b, weights, ids, alpha, limit):
+        if any(hasattr(t, "act") for t in (gate, up, down)):
+            raise NotImplementedError("activation quantisation of gpt-oss experts is not implemented")
         out = np.zeros((x.shape[0], down.shape[1]), np.float32)
         for e in np.unique(ids):
             rows, slot = np.nonzero(ids == e)

@@ -133,7 +133,11 @@ def read_hf_folder(path: str | os.PathLike[str]) -> LoadedFile:
     qconf = config.get("quantization_config")
     if isinstance(qconf, dict) and qconf.get("quant_method") == "quark":
         extra["quant_config"] = qconf
-        tensors = _convert_quark(folder, config, tensors)
+        converted = _convert_quark(folder, config, tensors)
+        from .quark import quark_extras
+
+        extra.update(quark_extras(config, tensors, converted))     # KV scales, per-layer formats
+        tensors = converted
     if isinstance(qconf, dict) and qconf.get("quant_method") == "mxfp4":
         from .mxfp4_experts import convert_mxfp4_experts  # transformers' MXFP4 experts (gpt-oss)
 

@@ -12,8 +12,8 @@ A Quark "real_quantized" Hugging Face export (``config.json`` has
   ``scale_format e8m0``) ``uint8 (out, in/32)``, the E8M0 byte of each group of
   32 along the last axis; for plain FP8 a float32 scalar (per_tensor), ``(out,)``
   (per_channel) or ``(out, in/group)`` (per_group), with ``w = code * scale``.
-* optionally ``<m>.input_scale`` / ``<m>.output_scale`` (activation and KV-cache
-  quantisation; rocmforge computes activations in float, so they are dropped).
+* optionally ``<m>.input_scale`` (static FP8 activation quantisation) and, on
+  ``k_proj`` / ``v_proj``, ``<m>.output_scale``: the FP8 KV cache's scales.
 
 What we hand back, one RawTensor per weight:
 
@@ -27,6 +27,13 @@ What we hand back, one RawTensor per weight:
 * Weights Quark exported unquantised, or ``fake_quantized`` (QDQ floats), pass
   through; their scales are dropped.
 
+Activations: each weight's layer config ``input_tensors`` becomes an
+``ActQuant`` attached as ``raw.act`` (rocmforge.quant.act): MX (dynamic, e8m0
+per 32, ``scale_calculation_mode`` even/floor/ceil) or FP8 per tensor (static
+with the exported ``input_scale``, or dynamic). Anything else is refused.
+:func:`quark_kv_scales` reads the KV cache's ``{layer: (k_scale, v_scale)}``;
+:func:`layer_formats` describes each layer's weight / activation / KV formats.
+
 Which Quark dtype a weight has is read from the config: the first
 ``layer_quant_config`` pattern (fnmatch) matching the layer name, else
 ``global_quant_config`` or one of ``layer_type_quant_config`` (the one that
@@ -37,12 +44,14 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
 from ..errors import QuantFormatError
+from ..quant.act import ActQuant
 from .base import RawTensor
 
 log = logging.getLogger(__name__)
@@ -83,11 +92,19 @@ def convert_quark_tensors(config: dict[str, Any], tensors: dict[str, RawTensor])
             continue
         scale = tensors[name + "_scale"]
         consumed.update({name + "_scale", name + "_zero_point"})
+        layer = name[: -len(".weight")]
         if t.qtype in FLOAT_STORAGE:                 # fake_quantized (QDQ) export: already floats
             out[name] = t
-            continue
-        spec = _weight_spec(qconf, name[: -len(".weight")], t, scale)
-        out[name] = _convert(name, t, scale, spec, out_qtype)
+            t.quark_weight = f"{t.qtype} (fake-quantised)"
+        else:
+            spec = _weight_spec(qconf, layer, t, scale)
+            out[name] = _convert(name, t, scale, spec, out_qtype)
+            out[name].quark_weight = (MX_TYPES[spec["dtype"]][0] if _is_mx(spec)
+                                      else f"{spec.get('dtype')} {spec.get('qscheme')} (as {out[name].qtype})")
+        act = input_quant(qconf, layer, tensors)
+        if act is not None:
+            out[name].act = act
+        consumed.add(layer + ".input_scale")
     dropped = []
     for name, t in tensors.items():
         if name in out or name in consumed:
@@ -96,9 +113,106 @@ def convert_quark_tensors(config: dict[str, Any], tensors: dict[str, RawTensor])
             dropped.append(name)
             continue
         out[name] = t
-    if dropped:
-        log.info("Quark export: dropped %d activation/KV-cache quantisation parameters (e.g. %s): "
-                 "rocmforge computes activations in float", len(dropped), dropped[0])
+    kv = {n for n in dropped if n.endswith(".output_scale") and _kv_layer(n) is not None}
+    other = [n for n in dropped if n not in kv]
+    if other:
+        raise QuantFormatError(f"Quark export: {len(other)} quantisation parameter(s) rocmforge does not apply "
+                               f"(e.g. {other[0]}); expected input_scale of quantised linear layers and the "
+                               "KV cache's k_proj/v_proj output_scale only")
+    return out
+
+
+# ---- activations and the KV cache ------------------------------------------------------
+
+KV_PATTERN = re.compile(r"\.layers\.(\d+)\.(?:self_attn|attention|attn)\.([kv])_proj\.output_scale$")
+
+
+def _kv_layer(name: str) -> tuple[int, str] | None:
+    m = KV_PATTERN.search(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def layer_config(qconf: dict, layer: str) -> dict | None:
+    """The QLayerConfig dict Quark used for module ``layer`` (layer_quant_config > layer_type_quant_config
+    > global; kv_cache_quant_config overrides; excluded layers keep only a KV output spec)."""
+    entry = None
+    for pattern, e in (qconf.get("layer_quant_config") or {}).items():
+        if fnmatch.fnmatch(layer, pattern):
+            entry = e
+            break
+    else:
+        types = list((qconf.get("layer_type_quant_config") or {}).values())
+        entry = types[0] if len(types) == 1 else qconf.get("global_quant_config")
+    for pattern, e in (qconf.get("kv_cache_quant_config") or {}).items():
+        if fnmatch.fnmatch(layer, pattern):
+            entry = e
+    if any(fnmatch.fnmatch(layer, p) for p in qconf.get("exclude") or []):
+        out = (entry or {}).get("output_tensors") if entry else None
+        return {"output_tensors": out} if out else None
+    return entry
+
+
+def input_quant(qconf: dict, layer: str, tensors: dict[str, RawTensor]) -> ActQuant | None:
+    """The activation scheme of linear layer ``layer``'s input, from its config (None: float input)."""
+    entry = layer_config(qconf, layer)
+    spec = entry.get("input_tensors") if isinstance(entry, dict) else None
+    if spec is None:
+        return None
+    where = f"Quark layer {layer!r}: input_tensors {_describe(spec)} is_dynamic={spec.get('is_dynamic')}"
+    if isinstance(spec, list):
+        raise QuantFormatError(f"Quark layer {layer!r}: multi-stage activation quantisation is not supported")
+    dtype = spec.get("dtype")
+    if _is_mx(spec):
+        if not spec.get("is_dynamic"):
+            raise QuantFormatError(f"{where}: static MX activations are not supported (expected is_dynamic)")
+        rule = spec.get("scale_calculation_mode") or "even"
+        return ActQuant("mx" + dtype if dtype != "fp4" else "mxfp4", scale_rule=rule)
+    if dtype in ("fp8_e4m3", "fp8_e5m2") and spec.get("qscheme") == "per_tensor":
+        if spec.get("is_dynamic"):
+            return ActQuant(dtype)
+        scale = tensors.get(layer + ".input_scale")
+        if scale is None:
+            raise QuantFormatError(f"{where}: static, but the export has no {layer}.input_scale")
+        return ActQuant(dtype, float(np.asarray(scale.dequantize()).reshape(-1)[0]))
+    raise QuantFormatError(f"{where}: not supported; rocmforge quantises activations as MX (dynamic, per 32, "
+                           "e8m0) or FP8 per tensor (static or dynamic)")
+
+
+def quark_kv_scales(config: dict, tensors: dict[str, RawTensor]) -> dict[int, tuple[float, float]]:
+    """{layer: (k_scale, v_scale)} of an FP8 KV cache (k_proj/v_proj output_scale), {} without one."""
+    qconf = config.get("quantization_config") or {}
+    found: dict[int, dict[str, float]] = {}
+    for name, t in tensors.items():
+        hit = _kv_layer(name)
+        if hit is None:
+            continue
+        spec = (layer_config(qconf, name[: -len(".output_scale")]) or {}).get("output_tensors") or {}
+        if spec.get("dtype") != "fp8_e4m3" or spec.get("qscheme") != "per_tensor" or spec.get("is_dynamic"):
+            raise QuantFormatError(f"Quark KV cache {name}: output_tensors {_describe(spec)} is not supported; "
+                                   "rocmforge's FP8 KV cache reads static fp8_e4m3 per_tensor scales")
+        found.setdefault(hit[0], {})[hit[1]] = float(np.asarray(t.dequantize()).reshape(-1)[0])
+    half = [i for i, kv in found.items() if len(kv) != 2]
+    if half:
+        raise QuantFormatError(f"Quark KV cache: layer {half[0]} has a scale for only one of K and V")
+    return {i: (kv["k"], kv["v"]) for i, kv in sorted(found.items())}
+
+
+def quark_extras(config: dict, raw: dict[str, RawTensor], converted: dict[str, RawTensor]) -> dict[str, Any]:
+    """What the loader keeps beside the tensors: ``kv_scales`` {layer: (k, v)}, ``quark_layers``
+    (per-layer formats) and ``kv_cache_post_rope`` (where Quark calibrated K: before or after rope)."""
+    qconf = config.get("quantization_config") or {}
+    return {"kv_scales": quark_kv_scales(config, raw), "quark_layers": layer_formats(converted),
+            "kv_cache_post_rope": bool(qconf.get("kv_cache_post_rope", False))}
+
+
+def layer_formats(tensors: dict[str, RawTensor]) -> dict[str, dict[str, str]]:
+    """{module: {"weight": format, "input": scheme}} of every quantised linear layer of converted
+    ``tensors`` (for ``rocmforge info``)."""
+    out = {}
+    for name, t in tensors.items():
+        fmt, act = getattr(t, "quark_weight", None), getattr(t, "act", None)
+        if name.endswith(".weight") and (fmt or act):
+            out[name[: -len(".weight")]] = {"weight": fmt or t.qtype, "input": act.describe() if act else "float"}
     return out
 
 
