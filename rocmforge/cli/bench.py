@@ -95,7 +95,8 @@ def run(args) -> int:
     res = measure(model, args.prompt, args.gen, args.repeat, args.seed)
     res.update({"model": model.path, "arch": model.arch, "quant_mix": model.quant_mix(),
                 "backend": model.backend.name, "device": model.backend.device, "machine": platform.machine(),
-                "python": platform.python_version()})
+                "python": platform.python_version(), "kv_cache_dtype": model.kv_cache_dtype,
+                "kv_cache_bytes": model.kv_cache_bytes(args.prompt + args.gen)})
     if hasattr(model.backend, "describe"):      # the CPU kernels say which kernels run
         res["kernels"] = model.backend.describe()
     profiles = []
@@ -113,6 +114,8 @@ def run(args) -> int:
     print(f"{model.arch} {model.path} on {model.backend.name}", file=sys.stderr)
     print(f"pp{args.prompt}: {res['pp_tps']:8.1f} t/s")
     print(f"tg{args.gen}: {res['tg_tps']:8.1f} t/s")
+    print(f"KV cache: {res['kv_cache_bytes']:,} bytes ({res['kv_cache_bytes'] / 2**20:.2f} MiB) for "
+          f"{args.prompt + args.gen} tokens ({res['kv_cache_dtype']})")
     if "kernels" in res:
         print(f"kernels: {res['kernels']}")
     if gpu:

@@ -14,6 +14,10 @@ def add_model_args(p, device: bool = True) -> None:
                        help="cpu (NumPy, default; the Numba kernels with ROCMFORGE_CPU_KERNELS=1), numpy (the "
                             "float32 reference), cpu-kernels (Numba int8 kernels on the quantised weights), "
                             "gpu (CuPy: ROCm or CUDA), auto (GPU when CuPy sees one)")
+        p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "f16", "fp8"],
+                       help="KV cache storage: auto (FP8 with the file's scales when it has them, e.g. AMD "
+                            "Quark KV-FP8 exports; else float), f16, fp8 (half of f16; dynamic per-layer "
+                            "scales when the file has none; not yet on the GPU or the serve engine)")
 
 
 def add_sampling_args(p) -> None:
@@ -46,5 +50,6 @@ def load(args, tokenizer: bool = True):
     """Load with a progress bar on stderr while the weights are prepared."""
     from ..model import load_model
 
-    model = load_model(args.model, device=getattr(args, "device", "cpu"), tokenizer=tokenizer)
+    model = load_model(args.model, device=getattr(args, "device", "cpu"), tokenizer=tokenizer,
+                       kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"))
     return model.prepare(progress=sys.stderr.isatty())

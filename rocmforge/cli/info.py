@@ -33,6 +33,8 @@ def collect(model) -> dict:
         "n_tensors": model.n_file_tensors,
         "n_params": model.n_params(),
         "quant_mix": model.quant_mix(),
+        "kv_cache": {"dtype": model.kv_cache_dtype, "scales": model.kv_scales},
+        "quark_layers": model.quark_layers,
         "coverage": {"mapped": len(used), "ignored": model.n_file_tensors - len(used), "unmapped": 0,
                      "canonical": len(model.tensors),
                      "tied": sorted(n for n, t in model.tensors.items()
@@ -66,6 +68,13 @@ def run(args) -> int:
               f"chat template: {'yes' if t['chat_template'] else 'no'}")
     else:
         print("  tokenizer    none")
+    if info["quark_layers"]:
+        print("  Quark layers (weight | input activations)")
+        for name, f in info["quark_layers"].items():
+            print(f"    {name:40s} {f['weight']:32s} | {f['input']}")
+    scales = info["kv_cache"]["scales"]
+    print(f"  KV cache     {info['kv_cache']['dtype']}"
+          + (f", FP8 scales (k, v) per layer from the file: {scales}" if scales else ""))
     print("  hparams")
     for k, v in info["hparams"].items():
         print(f"    {k:24s} {v}")
