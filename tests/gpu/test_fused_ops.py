@@ -7,8 +7,6 @@ k in one launch, reading views of a joined q|k|v row, must equal two rope calls 
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 
@@ -17,23 +15,7 @@ from .helpers import check, rand
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def gb():
-    from rocmforge.backends.cupy_backend import CupyBackend
 
-    return CupyBackend(poison=True)
-
-
-@pytest.fixture(scope="module")
-def nb():
-    from rocmforge.backends.numpy_backend import NumpyBackend
-
-    return NumpyBackend()
-
-
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def _blocks_of(gb, y):

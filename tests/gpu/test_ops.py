@@ -7,7 +7,6 @@ kernel writes starts as NaN), so an unwritten element fails the NaN check.
 from __future__ import annotations
 
 import math
-import zlib
 
 import numpy as np
 import pytest
@@ -20,24 +19,7 @@ TOL_F32 = 1e-7       # norms / elementwise in float32
 TOL_RED = 5e-4       # matmul / attention in reduced precision
 
 
-@pytest.fixture(scope="module")
-def gb():
-    from rocmforge.backends.cupy_backend import CupyBackend
 
-    return CupyBackend(poison=True)
-
-
-@pytest.fixture(scope="module")
-def nb():
-    from rocmforge.backends.numpy_backend import NumpyBackend
-
-    return NumpyBackend()
-
-
-@pytest.fixture
-def rng(request):
-    # crc32, not hash(): str hashes change from process to process, and so would the inputs
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 @pytest.mark.parametrize("shape", [(1, 64), (7, 80), (3, 4099), (5, 3, 128), (2, 5120)])
