@@ -55,6 +55,7 @@ FLOAT_FORMATS: dict[str, int] = {"MXFP8_E4M3": 20, "MXFP8_E5M2": 21, "MXFP6_E3M2
 FORMATS = {**INT_FORMATS, **FLOAT_FORMATS}
 
 # 16-entry value tables (rf_quant.h RF_KV_IQ4NL, RF_KV_MXFP4 = 2 * E2M1)
+_KV_Q4_0 = (np.arange(16) - 8).astype(np.int8)       # Q4_0's nibble - 8, as a table like IQ4_NL's
 _KV_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
 _KV_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int8)
 # element values of the float-decoded OCP formats, by code (ml_dtypes is the spec here)
@@ -155,15 +156,16 @@ def decode_row(fmt, row, q, d, m):
     """Decode one row of format ``fmt`` (an INT_FORMATS id) into q, d, m."""
     K = q.shape[0]
     zero = _F32(0.0)
-    if fmt == 0:                            # Q4_0 {d; qs[16]}: (nibble - 8) * d
+    if fmt == 0 or fmt == 5:                # Q4_0 / IQ4_NL {d; qs[16]}: d * table[nibble]
+        tab = _KV_Q4_0 if fmt == 0 else _KV_IQ4NL
         for b in range(K // 32):
             p = 32 * b
             o = 18 * b
             _set_scale(d, m, 2 * b, _f16(row, o), zero)
             for j in range(16):
                 c = _b(row, o + 2 + j)
-                q[p + j] = np.int8((c & 15) - 8)
-                q[p + 16 + j] = np.int8((c >> 4) - 8)
+                q[p + j] = tab[c & 15]
+                q[p + 16 + j] = tab[c >> 4]
     elif fmt == 1:                          # Q4_1 {d, min; qs[16]}: d * nibble + min
         for b in range(K // 32):
             p = 32 * b
@@ -192,15 +194,6 @@ def decode_row(fmt, row, q, d, m):
             _set_scale(d, m, 2 * b, _f16(row, o), zero)
             for j in range(32):
                 q[p + j] = np.int8(_b(row, o + 2 + j))
-    elif fmt == 5:                          # IQ4_NL {d; qs[16]}: d * table[nibble]
-        for b in range(K // 32):
-            p = 32 * b
-            o = 18 * b
-            _set_scale(d, m, 2 * b, _f16(row, o), zero)
-            for j in range(16):
-                c = _b(row, o + 2 + j)
-                q[p + j] = _KV_IQ4NL[c & 15]
-                q[p + 16 + j] = _KV_IQ4NL[c >> 4]
     elif fmt == 6:                          # GGUF MXFP4 {e; qs[16]}: 2^(e-128) * 2*E2M1
         for b in range(K // 32):
             p = 32 * b

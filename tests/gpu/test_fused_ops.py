@@ -15,9 +15,6 @@ from .helpers import check, rand
 pytestmark = pytest.mark.gpu
 
 
-
-
-
 def _blocks_of(gb, y):
     """(xq, xd, xs) of y from the stand-alone quantize kernel (a fresh array: no cache hit)."""
     fresh = gb.cp.array(y, copy=True)

@@ -19,9 +19,6 @@ TOL_F32 = 1e-7       # norms / elementwise in float32
 TOL_RED = 5e-4       # matmul / attention in reduced precision
 
 
-
-
-
 @pytest.mark.parametrize("shape", [(1, 64), (7, 80), (3, 4099), (5, 3, 128), (2, 5120)])
 @pytest.mark.parametrize("with_w", [True, False])
 def test_rms_norm(gb, nb, rng, shape, with_w):
