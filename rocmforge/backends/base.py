@@ -233,3 +233,14 @@ class Backend(ABC):
         """Mamba-2's gated RMSNorm: g = x * silu(z) (T, C), normalised over each group of ``group``
         channels, times w (C,)."""
         raise NotImplementedError(f"the {self.name} backend has no rms_norm_gated")
+
+    def gated_delta_net(self, q: Any, k: Any, v: Any, a: Any, b: Any, A: Any, dt_bias: Any, state: Any,
+                        v_tiled: bool = False) -> Any:
+        """Gated DeltaNet's gated delta rule over q, k (T, Hk, dk), v (T, Hv, dv), continuing ``state``
+        S (Hv, dk, dv); returns o (T, Hv, dv) (rocmforge.backends.numpy_delta states the recurrence).
+
+        beta = sigmoid(b), g = A * softplus(a + dt_bias) (a, b (T, Hv); A < 0, dt_bias (Hv,));
+        q and k are L2-normalised, q scaled by dk^-1/2; value head j reads key head j // (Hv / Hk),
+        or j % Hk when ``v_tiled``. For each t: S = exp(g_t) S; S += k_t (beta_t (v_t - S^T k_t))^T;
+        o_t = S^T q_t."""
+        raise NotImplementedError(f"the {self.name} backend has no gated_delta_net")

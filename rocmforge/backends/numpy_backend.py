@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from .base import Backend
+from .numpy_delta import NumpyDelta
 from .numpy_ssm import NumpySSM
 
 
@@ -103,7 +104,7 @@ class NumpyFP8KVCache(NumpyKVCache):
         return kv_decode(self.k[layer][:n], self.k_scale[layer]), kv_decode(self.v[layer][:n], self.v_scale[layer])
 
 
-class NumpyBackend(NumpySSM, Backend):
+class NumpyBackend(NumpySSM, NumpyDelta, Backend):
     name = "numpy"
     device = "cpu"
 
