@@ -4,8 +4,9 @@ convolution in front. Both carry a fixed-size state per sequence (the recipe's `
 
 {op: mamba, in, in_proj: ssm_in, conv: ssm_conv1d, x_proj: ssm_x, dt_proj: ssm_dt, A: ssm_a, D: ssm_d,
  out_proj: ssm_out, d_inner, d_state, dt_rank: exprs, bias?: expr (in/out projection biases),
- conv_bias?: expr, act?: silu, conv_state?: conv, ssm_state?: ssm, out}
-  x, z = in_proj(h);  x = act(conv(x));  dt, B, C = x_proj(x);  dt = dt_proj(dt)
+ conv_bias?: expr, act?: silu, conv_state?: conv, ssm_state?: ssm,
+ dt_norm?, b_norm?, c_norm?: RMSNorm weights of dt, B, C (Jamba), eps?: expr (norm_eps), out}
+  x, z = in_proj(h);  x = act(conv(x));  dt, B, C = x_proj(x);  [dt, B, C = rms_norm(dt, B, C)];  dt = dt_proj(dt)
   y = selective_scan(x, dt, A, B, C, D; dt_bias = dt_proj.bias) * silu(z);  out = out_proj(y)
 
 {op: mamba2, in, in_proj: ssm_in, conv: ssm_conv1d, dt_bias: ssm_dt.bias, A: ssm_a, D: ssm_d, norm: ssm_norm,
@@ -60,6 +61,9 @@ def _linear(ctx, step, x, key: str):
     return ctx.backend.linear(x, ctx.tensor(step[key]), bias)
 
 
+_BCDT_NORMS = ("dt_norm", "b_norm", "c_norm")     # the mamba op's optional norm keys, in x_proj's order
+
+
 def mamba(ctx, step):
     be = ctx.backend
     h = ctx.get(step["in"])
@@ -67,13 +71,18 @@ def mamba(ctx, step):
     xz = _linear(ctx, step, h, "in_proj")                                   # (T, 2 * d_inner)
     x = _conv(ctx, step, xz[:, :di], di)                                    # (T, d_inner)
     dbc = be.linear(x, ctx.tensor(step["x_proj"]))                          # (T, dt_rank + 2N)
-    dt = be.linear(dbc[:, :R], ctx.tensor(step["dt_proj"]))                 # (T, d_inner)
+    dt, B, C = dbc[:, :R], dbc[:, R:R + N], dbc[:, R + N:R + 2 * N]
+    if any(k in step for k in _BCDT_NORMS):                                 # Jamba: RMSNorm each before the scan
+        eps = float(ctx.value(step, "eps", "norm_eps"))
+        dt, B, C = (be.rms_norm(a, dense(ctx, step[k], (a.shape[1],)), eps) if k in step else a
+                    for k, a in zip(_BCDT_NORMS, (dt, B, C)))
+    dt = be.linear(dt, ctx.tensor(step["dt_proj"]))                         # (T, d_inner)
     A, D = dense(ctx, step["A"], (di, N)), dense(ctx, step["D"], (di,))
     dt_bias = dense(ctx, step["dt_proj"] + ".bias", (di,))
     name = step.get("ssm_state", "ssm")
     y = per_sequence(ctx, lambda seg, xs, ds, bs, cs: be.selective_scan(xs, ds, A, bs, cs, D, ctx.state(seg, name),
                                                                         dt_bias),
-                     x, dt, dbc[:, R:R + N], dbc[:, R + N:R + 2 * N])
+                     x, dt, B, C)
     y = be.act_mul(xz[:, di:], y, "silu")                                  # y * silu(z)
     ctx.set(step["out"], _linear(ctx, step, y, "out_proj"))
 
@@ -105,9 +114,12 @@ def mamba2(ctx, step):
     ctx.set(step["out"], _linear(ctx, step, y, "out_proj"))
 
 
-def _tensors(keys: tuple[str, ...], biased: tuple[str, ...], extra: tuple[str, ...] = ()):
+def _tensors(keys: tuple[str, ...], biased: tuple[str, ...], extra: tuple[str, ...] = (),
+             optional: tuple[str, ...] = ()):
+    """The tensors a step needs: ``keys``, ``extra`` keys' biases, ``optional`` keys the step names."""
     def rule(step, has, value):
         out = [(step[k], True) for k in keys] + [(step[k] + ".bias", True) for k in extra]
+        out += [(step[k], True) for k in optional if k in step]
         if value(step, "conv_bias", True):
             out.append((step["conv"] + ".bias", True))
         if value(step, "bias", False):
@@ -118,5 +130,5 @@ def _tensors(keys: tuple[str, ...], biased: tuple[str, ...], extra: tuple[str, .
 
 
 mamba.tensors = _tensors(("in_proj", "conv", "x_proj", "dt_proj", "A", "D", "out_proj"), ("in_proj", "out_proj"),
-                         ("dt_proj",))
+                         ("dt_proj",), _BCDT_NORMS)
 mamba2.tensors = _tensors(("in_proj", "conv", "dt_bias", "A", "D", "norm", "out_proj"), ("in_proj", "out_proj"))
