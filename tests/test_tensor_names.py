@@ -52,6 +52,15 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
         "by hand (GraniteMoeModel.modify_tensors); experts.gate_up_proj is transformers>=5's in-memory name",
     ("granitemoe", r"^model\.layers\.0\.block_sparse_moe\.(router|experts\.down_proj)$"):
         "transformers>=5's in-memory names of router.layer and output_linear (its conversion_mapping)",
+    ("granitemoehybrid", r"^model\.layers\.0\.mamba\.dt_bias$"):
+        "llama.cpp's Mamba-2 converter renames dt_bias to dt_proj.bias (Mamba2Model.filter_tensors) before "
+        "TensorNameMap maps it to ssm_dt (.bias)",
+    ("granitemoehybrid", r"^model\.layers\.0\.block_sparse_moe\.(input_linear|router|experts\.(gate_up_proj|down_proj))$"):
+        "the granitemoe experts and router (split by hand in GraniteMoeModel.modify_tensors; router and "
+        "experts.* are transformers>=5's in-memory names)",
+    ("granitemoehybrid", r"^model\.layers\.0\.shared_mlp\.(input_linear|output_linear)$"):
+        "GraniteMoeModel.modify_tensors splits input_linear by hand and names the shared MLP by the expert "
+        "count: ffn_{gate,up,down}_shexp beside experts, ffn_{gate,up,down} without",
     ("apertus", r"^model\.layers\.0\.mlp\.act_fn\.(alpha_p|alpha_n|beta|eps)$"):
         "xIELU's learned scalars: llama.cpp's converter folds them into xielu.* metadata arrays (read as "
         "hparams when a GGUF lacks these tensors)",
