@@ -47,6 +47,9 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
     ("mamba2", r"^backbone\.layers\.0\.mixer\.dt_bias$"):
         "llama.cpp's Mamba-2 converter renames dt_bias to dt_proj.bias (Mamba2Model.filter_tensors) before "
         "TensorNameMap maps it to ssm_dt (.bias)",
+    ("*", r"^model\.layers\.0\.linear_attn\.dt_bias$"):
+        "Gated DeltaNet's dt_bias (Qwen3-Next, Qwen3.5): llama.cpp's Qwen3NextModel.modify_tensors renames it "
+        "to dt_proj.bias before TensorNameMap maps it to ssm_dt (.bias)",
     ("granitemoe", r"^model\.layers\.0\.block_sparse_moe\.(input_linear|experts\.gate_up_proj)$"):
         "JetMoE-fused gate|up experts, split by hf_fused: llama.cpp's converter splits input_linear "
         "by hand (GraniteMoeModel.modify_tensors); experts.gate_up_proj is transformers>=5's in-memory name",

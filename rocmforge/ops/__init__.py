@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import attention, core, ffn, mla, moe, moe_oss, per_layer, ssm
+from . import attention, core, deltanet, ffn, mla, moe, moe_oss, per_layer, ssm
 from .xielu import xielu_mlp
 
 OpFn = Callable[["object", dict], None]
@@ -35,6 +35,7 @@ BUILTIN_OPS: dict[str, OpFn] = {
     "scale_by": per_layer.scale_by,
     "mamba": ssm.mamba,
     "mamba2": ssm.mamba2,
+    "gated_delta_net": deltanet.gated_delta_net,
 }
 
 

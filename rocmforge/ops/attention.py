@@ -27,6 +27,8 @@ Step fields (tensor names are relative to the layer, ``blk.{i}.``):
                                            K/V (Gemma 4 KV sharing); -1 (default): its own K/V
   temp_scale, temp_floor, temp_offset      > 0: q *= 1 + temp_scale * log(floor((pos + temp_offset) / temp_floor) + 1)
                                            after rope and norms (Llama 4 NoPE layers, Ministral 3)
+  q_gate: expr                             true: q's rows are [q | gate] per head (2 * head_dim each); the
+                                           attention output is scaled by sigmoid(gate) before o (Qwen3-Next)
 """
 
 from __future__ import annotations
@@ -47,20 +49,27 @@ def alibi_slopes(n_head: int, bias_max: float = 8.0) -> np.ndarray:
     return slopes.astype(np.float32)
 
 
-def _project(ctx, step, x, H, Hkv, D):
-    """q (T, H*D), k (T, Hkv*D), v (T, Hkv*Dv) from fused or separate projections."""
+def _project(ctx, step, x, H, Hkv, D, Dq=None):
+    """q (T, H*Dq), k (T, Hkv*D), v (T, Hkv*Dv) from fused or separate projections (Dq: D by default)."""
     be = ctx.backend
+    qw = H * (Dq or D)
     bias = bool(ctx.value(step, "bias", False))
     fused = ctx.tensor(step["qkv"], optional="q" in step) if "qkv" in step else None
     if fused is not None:
         qkv = be.linear(x, fused, ctx.tensor(step["qkv"] + ".bias") if bias else None)
-        return qkv[:, : H * D], qkv[:, H * D: (H + Hkv) * D], qkv[:, (H + Hkv) * D:]
+        return qkv[:, :qw], qkv[:, qw: qw + Hkv * D], qkv[:, qw + Hkv * D:]
     names = [step["q"], step["k"], step["v"]]
     joined = ctx.fused(names)          # one matmul where the backend can join the three
     if joined is not None:
         qkv = be.linear(x, joined, ctx.fused([n + ".bias" for n in names]) if bias else None)
-        return qkv[:, : H * D], qkv[:, H * D: (H + Hkv) * D], qkv[:, (H + Hkv) * D:]
+        return qkv[:, :qw], qkv[:, qw: qw + Hkv * D], qkv[:, qw + Hkv * D:]
     return tuple(be.linear(x, ctx.tensor(n), ctx.tensor(n + ".bias") if bias else None) for n in names)
+
+
+def _gate_split(q, T, H, D):
+    """(T, H * 2D) rows [q | gate] per head -> q (T, H * D), gate (T, H * D)."""
+    qg = q.reshape(T, H, 2 * D)
+    return qg[:, :, :D].reshape(T, H * D), qg[:, :, D:].reshape(T, H * D)
 
 
 def _qk_norm(ctx, step, t, name):
@@ -81,6 +90,8 @@ def attention(ctx, step):
     D = int(ctx.value(step, "head_dim", "head_dim"))
     src = int(ctx.value(step, "kv_from", -1))
     shared = src >= 0                              # K/V come from layer src's cache
+    gated = bool(ctx.value(step, "q_gate", False))
+    gate = None
     if step.get("head_dims_from_tensors"):
         D = int(ctx.tensor(step["q_norm"]).shape[0])
         if not shared:
@@ -89,12 +100,16 @@ def attention(ctx, step):
     if shared:
         bias = bool(ctx.value(step, "bias", False))
         q = be.linear(x, ctx.tensor(step["q"]), ctx.tensor(step["q"] + ".bias") if bias else None)
+        if gated:
+            q, gate = _gate_split(q, T, H, D)
         q = q.reshape(T, H, D)
         if "q_norm" in step:
             q = _qk_norm(ctx, step, q, "q_norm")
         k = v = None
     else:
-        q, k, v = _project(ctx, step, x, H, Hkv, D)
+        q, k, v = _project(ctx, step, x, H, Hkv, D, 2 * D if gated else None)
+        if gated:
+            q, gate = _gate_split(q, T, H, D)
         if "q_norm" in step and step.get("qk_norm_scope", "head") == "all":
             q, k = _qk_norm(ctx, step, q, "q_norm"), _qk_norm(ctx, step, k, "k_norm")   # over all heads at once
         q = q.reshape(T, H, D)      # (T, n_head, head_dim)
@@ -141,6 +156,8 @@ def attention(ctx, step):
         "sinks": ctx.tensor(step["sinks"]) if "sinks" in step else None,
     }
     out = _attend(ctx, q, k, v, scale, opts, src if shared else ctx.layer)    # (T, H, Dv)
+    if gate is not None:
+        out = be.act_mul(gate, out.reshape(T, -1), "sigmoid")                  # sigmoid(gate) * out
     o_bias = ctx.tensor(step["o"] + ".bias") if ctx.value(step, "o_bias", False) else None
     ctx.set(step["out"], be.linear(out.reshape(T, -1), ctx.tensor(step["o"]), o_bias))
 

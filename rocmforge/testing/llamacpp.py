@@ -45,6 +45,8 @@ def get_model_class(name, mmproj=False):
         todo.extend(k.__subclasses__() if k is not object else [])
         if "set_vocab" in k.__dict__:
             k.set_vocab = lambda self: None
+    if getattr(cls, "supports_mtp_export", False):
+        cls.no_mtp = True          # tiny models carry no multi-token-prediction layers (--no-mtp)
     return cls
 conv.get_model_class = get_model_class
 conv.main()
