@@ -8,8 +8,10 @@ derived values are checked against the metadata when both exist.
 
 Per-layer hparams (``per_layer: true``) are lists of n_layer values: the
 file's own list (HF ``layer_types``, a GGUF array) is read first; a scalar is
-broadcast; only without either is ``default`` evaluated once per ``layer``,
-which is how a recipe derives a pattern for files that carry none. A scalar
+broadcast; a ``from_tensor`` name with ``{i}`` then gives each layer the size of its own
+tensor (0 where the layer has none: which layers hold experts, say); only without
+any of these is ``default`` evaluated once per ``layer``, which is how a recipe
+derives a pattern for files that carry none. A scalar
 hparam that a GGUF stores as a per-layer array (llama.cpp writes
 ``head_count_kv`` that way for some archs) is accepted when all entries agree.
 """
@@ -110,6 +112,16 @@ def _coerce_per_layer(hp: HParam, value: Any, where: str, n_layer: int | None) -
                                f"{item.__name__}, found {list(value)!r}") from None
 
 
+def _per_layer_sizes(from_tensor: tuple[str, int], shapes: dict[str, tuple[int, ...]], n_layer: int) -> list[int]:
+    """Each layer's size of tensor ``name`` (``{i}`` = the layer) along ``axis``; 0 where it has none."""
+    name, axis = from_tensor
+    sizes = []
+    for i in range(n_layer):
+        shape = shapes.get(name.replace("{i}", str(i)))
+        sizes.append(shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else 0)
+    return sizes
+
+
 def resolve_hparams(recipe: Recipe, fmt: str, metadata: dict, shapes: dict[str, tuple[int, ...]],
                     where: str) -> dict[str, Any]:
     """Resolve every hparam of ``recipe``; ``shapes`` maps canonical tensor names to shapes."""
@@ -137,7 +149,9 @@ def resolve_hparams(recipe: Recipe, fmt: str, metadata: dict, shapes: dict[str, 
         if value is not _MISSING:
             value = _mapped(hp, value, where)
         derived = _MISSING
-        if hp.from_tensor is not None:
+        if hp.from_tensor is not None and "{i}" in hp.from_tensor[0]:
+            pass        # one tensor per layer: sized once n_layer is known (below)
+        elif hp.from_tensor is not None:
             tname, axis = hp.from_tensor
             if tname not in shapes:
                 tname = f"blk.0.{tname}"   # a per-layer tensor: layer 0 speaks for all
@@ -161,6 +175,8 @@ def resolve_hparams(recipe: Recipe, fmt: str, metadata: dict, shapes: dict[str, 
             if hp.per_layer:
                 if "n_layer" not in out:
                     continue
+                if name not in found and hp.from_tensor is not None and "{i}" in hp.from_tensor[0] and shapes:
+                    found[name] = _per_layer_sizes(hp.from_tensor, shapes, out["n_layer"])
                 if name in found:
                     out[name] = _coerce(hp, found[name], where, out["n_layer"])
                     del pending[name]
