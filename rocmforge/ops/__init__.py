@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import attention, core, deltanet, ffn, mla, moe, moe_oss, per_layer, ssm
+from .short_conv import short_conv
 from .xielu import xielu_mlp
 
 OpFn = Callable[["object", dict], None]
@@ -36,6 +37,7 @@ BUILTIN_OPS: dict[str, OpFn] = {
     "mamba": ssm.mamba,
     "mamba2": ssm.mamba2,
     "gated_delta_net": deltanet.gated_delta_net,
+    "short_conv": short_conv,
 }
 
 
