@@ -41,7 +41,8 @@ def make_hf_model(hf_class: str, config: dict[str, Any], folder: str | Path, see
         for name, b in model.named_buffers():
             if name.endswith("act_fn.beta"):                  # xIELU's beta: a buffer, per layer in GGUF
                 b.copy_(b + 0.1 * torch.randn_like(b))
-            if name.endswith("e_score_correction_bias"):   # DeepSeek-V3-style selection bias: a buffer, 0 at init
+            # DeepSeek-V3-style selection bias (LFM2-MoE: expert_bias): a buffer, 0 at init
+            if name.endswith(("e_score_correction_bias", "feed_forward.expert_bias")):
                 b.copy_(0.05 * torch.randn_like(b))
     model = model.to(getattr(torch, dtype))
     model.save_pretrained(folder, safe_serialization=True)

@@ -9,7 +9,7 @@ deepseek_v2: softmax scores, top-k over all experts ("greedy") or within the ``t
 of highest maximum score ("group_limited_greedy"); weights times ``scale``, renormalised only when
 ``norm_topk`` says so (transformers' V2 router never renormalises).
 
-Step options: n_expert_used, n_group, topk_group, norm_topk, scale (expressions), exp_probs_b
+Step options: n_expert_used, n_group, topk_group, norm_topk, norm_topk_eps, scale (expressions), exp_probs_b
 (tensor, v3), method (v2: greedy | group_limited_greedy).
 """
 
@@ -39,10 +39,11 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _weights(ctx, step, scores, ids, norm_default: bool):
-    """The chosen experts' scores, renormalised if asked (+1e-20 as transformers), times the routed scale."""
+    """The chosen experts' scores, renormalised if asked (+ norm_topk_eps: 1e-20 as transformers' DeepSeek,
+    1e-6 in its LFM2-MoE), times the routed scale."""
     w = np.take_along_axis(scores, ids, axis=-1)
     if _opt(ctx, step, "norm_topk", norm_default):
-        w = w / (w.sum(-1, keepdims=True) + 1e-20)
+        w = w / (w.sum(-1, keepdims=True) + float(_opt(ctx, step, "norm_topk_eps", 1e-20)))
     w = w * float(_opt(ctx, step, "scale", 1.0))
     return w.astype(np.float32), ids
 
