@@ -41,6 +41,12 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
         "transformers' gpt-oss expert biases (gate/up interleaved); llama.cpp's converter renames them "
         "(gate_up_proj_bias -> gate_proj.bias + up_proj.bias by even/odd column, down_proj_bias -> "
         "down_proj.bias) before its TensorNameMap lookup",
+    ("lfm2moe", r"^model\.layers\.0\.feed_forward\.experts\.w[123]$"):
+        "llama.cpp's LFM2MoeModel.modify_tensors stacks the experts as layers.{bid}.feed_forward.experts.w1/w2/w3 "
+        "(no 'model.' prefix), which TensorNameMap maps to ffn_gate_exps / ffn_down_exps / ffn_up_exps",
+    ("lfm2moe", r"^lm_head$"):
+        "the released LFM2-MoE models tie the head (llama.cpp's lfm2moe has no output tensor and its converter "
+        "refuses lm_head); an untied HF export's lm_head.weight still has to map somewhere",
     ("gemma2", r"^lm_head$"):
         "Gemma 2 always ties the head: gguf-py lists no 'output' for gemma2 and llama.cpp duplicates "
         "token_embd; an exported lm_head.weight (a copy of the embedding) still has to map somewhere",
@@ -75,6 +81,7 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
 # (GGUF arch id, canonical name) pairs gguf-py does not list for the architecture, with why we have them.
 NOT_IN_GGUF_ARCH: dict[tuple[str, str], str] = {
     ("gemma2", "output"): "tied_to token_embd; only present when an HF export carries lm_head.weight",
+    ("lfm2moe", "output"): "tied_to token_embd; only present when an HF export carries lm_head.weight",
     **{("apertus", f"blk.{{i}}.ffn_xielu_{p}"): "xIELU scalars of an HF checkpoint; llama.cpp's GGUF holds "
        "them as xielu.* metadata arrays instead" for p in ("alpha_p", "alpha_n", "beta", "eps")},
 }
