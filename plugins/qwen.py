@@ -11,4 +11,5 @@ def register_architectures(register):
     register(builtin_arch("qwen3", description="Qwen3"))
     register(builtin_arch("qwen2moe", description="Qwen1.5-MoE, Qwen2-MoE (shared expert)"))
     register(builtin_arch("qwen3moe", description="Qwen3-MoE"))
+    register(builtin_arch("qwen3_next", description="Qwen3-Next (Gated DeltaNet + gated attention hybrid, MoE)"))
     register(builtin_arch("qwen3_5", description="Qwen3.5 (Gated DeltaNet + gated attention hybrid)"))
