@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import DeviceError, RocmforgeError
 from .base import Backend
 from .cupy_attention import DECODE_MAX_T, CupyAttention, GpuKVCache  # noqa: F401 - both public here too
+from .cupy_delta import CupyDelta
 from .cupy_elementwise import ACT_KINDS, CupyElementwise  # noqa: F401 - ACT_KINDS: public here too
 from .cupy_gemm import gemm_f16_f32
 from .cupy_moe import CupyMoe
@@ -61,7 +62,7 @@ from .cupy_weights import (  # noqa: F401 - the format tables and GpuWeight are 
 )
 
 
-class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyState, Backend):
+class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyState, CupyDelta, Backend):
     name = "cupy"
     device = "gpu"
 
