@@ -13,3 +13,4 @@ def register_architectures(register):
     register(builtin_arch("qwen3moe", description="Qwen3-MoE"))
     register(builtin_arch("qwen3_next", description="Qwen3-Next (Gated DeltaNet + gated attention hybrid, MoE)"))
     register(builtin_arch("qwen3_5", description="Qwen3.5 (Gated DeltaNet + gated attention hybrid)"))
+    register(builtin_arch("qwen3_5_moe", description="Qwen3.5-MoE (Gated DeltaNet + gated attention hybrid, MoE)"))
