@@ -11,9 +11,14 @@ convolution in front. Both carry a fixed-size state per sequence (the recipe's `
 
 {op: mamba2, in, in_proj: ssm_in, conv: ssm_conv1d, dt_bias: ssm_dt.bias, A: ssm_a, D: ssm_d, norm: ssm_norm,
  out_proj: ssm_out, d_inner, d_state, n_group, ssm_head_dim: exprs, dt_min?, dt_max?, eps?, bias?, conv_bias?,
- act?: silu, conv_state?, ssm_state?, out}
-  z, xBC, dt = in_proj(h);  xBC = act(conv(xBC));  x, B, C = xBC
+ act?: silu, conv_state?, ssm_state?, in_scales?, out_bias?, use_norm?, norm_before_gate?, out}
+  z, xBC, dt = in_proj(h) [* in_scales];  xBC = act(conv(xBC));  x, B, C = xBC
   y = ssd(x, dt, A, B, C, D; dt_bias, clip(dt_min, dt_max));  out = out_proj(gated_rms_norm(y, z) * norm)
+ in_scales: five multipliers of in_proj's z, x, B, C and dt parts (Falcon-H1's ssm_multipliers).
+ bias: in_proj and out_proj biases; out_bias (default: bias) decides for out_proj alone.
+ use_norm (default true): false gates without a norm, y * silu(z) (Falcon-H1 without mamba_rms_norm).
+ norm_before_gate (default false): rms_norm(y) * norm * silu(z) instead of rms_norm(y * silu(z)) * norm.
+ d_inner need not be expand * n_embd (Falcon-H1's mamba_d_ssm).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from ..errors import SchemaError
 
 
 def dense(ctx, name: str, shape: tuple[int, ...] | None = None):
@@ -56,8 +63,9 @@ def _conv(ctx, step, x, channels: int):
     return be.act(y, step.get("act", "silu"))
 
 
-def _linear(ctx, step, x, key: str):
-    bias = ctx.tensor(step[key] + ".bias") if ctx.value(step, "bias", False) else None
+def _linear(ctx, step, x, key: str, bias_key: str = "bias"):
+    has_bias = ctx.value(step, bias_key, step.get("bias", False))
+    bias = ctx.tensor(step[key] + ".bias") if has_bias else None
     return ctx.backend.linear(x, ctx.tensor(step[key]), bias)
 
 
@@ -95,6 +103,9 @@ def mamba2(ctx, step):
     H = di // P
     conv_dim = di + 2 * G * N
     zxbcdt = _linear(ctx, step, h, "in_proj")                              # (T, d_inner + conv_dim + H)
+    scales = _part_scales(ctx, step, (di, di, G * N, G * N, H))
+    if scales is not None:
+        zxbcdt = be.mul(zxbcdt, scales)
     xbc = _conv(ctx, step, zxbcdt[:, di:di + conv_dim], conv_dim)
     dt = zxbcdt[:, di + conv_dim:]                                           # (T, H)
     A, D = dense(ctx, step["A"], (H,)), dense(ctx, step["D"], (H,))
@@ -109,9 +120,40 @@ def mamba2(ctx, step):
         return y.reshape(n, di)
 
     y = per_sequence(ctx, scan, xbc[:, :di], dt, xbc[:, di:di + G * N], xbc[:, di + G * N:])
+    y, z = y.reshape(T, di), zxbcdt[:, :di]
+    if not ctx.value(step, "use_norm", True):
+        y = be.act_mul(z, y, "silu")                                         # y * silu(z)
+    elif ctx.value(step, "norm_before_gate", False):
+        y = be.act_mul(z, _group_rms_norm(ctx, step, y, G), "silu")
+    else:
+        eps = float(ctx.value(step, "eps", "norm_eps"))
+        y = be.rms_norm_gated(y, z, dense(ctx, step["norm"], (di,)), di // G, eps)
+    ctx.set(step["out"], _linear(ctx, step, y, "out_proj", "out_bias"))
+
+
+def _part_scales(ctx, step, sizes: tuple[int, ...]):
+    """(sum(sizes),): the row in_proj's output is multiplied by, each part's multiplier repeated;
+    None without in_scales or when all are 1."""
+    if step.get("in_scales") is None:
+        return None
+    scales = [float(v) for v in ctx.value(step, "in_scales")]
+    if len(scales) != len(sizes):
+        raise SchemaError(ctx.executor.recipe.file, "mamba2.in_scales", f"{len(sizes)} multipliers (z, x, B, C, dt)",
+                          scales)
+    if all(v == 1.0 for v in scales):
+        return None
+    return ctx.cached(("ssm_in_scales", tuple(scales), sizes),
+                      lambda: ctx.backend.upload(np.repeat(np.asarray(scales, np.float32), sizes)))
+
+
+def _group_rms_norm(ctx, step, y, G: int):
+    """rms_norm over each of G groups of y's channels, times the norm weight: (T, d_inner)."""
+    be = ctx.backend
+    T, di = y.shape
+    ones = ctx.cached(("ssm_ones", di // G), lambda: be.upload(np.ones(di // G, np.float32)))
     eps = float(ctx.value(step, "eps", "norm_eps"))
-    y = be.rms_norm_gated(y.reshape(T, di), zxbcdt[:, :di], dense(ctx, step["norm"], (di,)), di // G, eps)
-    ctx.set(step["out"], _linear(ctx, step, y, "out_proj"))
+    y = be.rms_norm(y.reshape(T * G, di // G), ones, eps).reshape(T, di)
+    return be.mul(y, dense(ctx, step["norm"], (di,)))
 
 
 def _tensors(keys: tuple[str, ...], biased: tuple[str, ...], extra: tuple[str, ...] = (),
@@ -131,4 +173,16 @@ def _tensors(keys: tuple[str, ...], biased: tuple[str, ...], extra: tuple[str, .
 
 mamba.tensors = _tensors(("in_proj", "conv", "x_proj", "dt_proj", "A", "D", "out_proj"), ("in_proj", "out_proj"),
                          ("dt_proj",), _BCDT_NORMS)
-mamba2.tensors = _tensors(("in_proj", "conv", "dt_bias", "A", "D", "norm", "out_proj"), ("in_proj", "out_proj"))
+_mamba2_tensors = _tensors(("in_proj", "conv", "dt_bias", "A", "D"), ("in_proj",))
+
+
+def _mamba2_rule(step, has, value):
+    out = _mamba2_tensors(step, has, value) + [(step["out_proj"], True)]
+    if value(step, "use_norm", True):
+        out.append((step["norm"], True))
+    if value(step, "out_bias", value(step, "bias", False)):
+        out.append((step["out_proj"] + ".bias", True))
+    return out
+
+
+mamba2.tensors = _mamba2_rule
