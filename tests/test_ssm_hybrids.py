@@ -4,6 +4,9 @@ granitemoehybrid: llama.cpp's converter picks attention layers by ``layer_types 
 names Hub checkpoints carry), while transformers>=5 saves "full_attention", so the conformance suite's
 llama.cpp check cannot run on its tiny model; here the same model, with the Hub's names, goes through
 the converter. A second model covers the other branches: no experts (the shared MLP alone) and rope.
+
+falcon_h1: its tiny model has no Mamba norm (as released); here the gated norm normalises before the
+gate, and the Mamba in/out projections carry biases (mamba_proj_bias, projectors_bias).
 """
 
 from __future__ import annotations
@@ -67,4 +70,22 @@ def test_granitemoehybrid_dense_with_rope(tmp_path):
     assert e <= NMSE_TRANSFORMERS, f"NMSE {e:.3g}"
     g = load_model(str(hf_to_gguf(folder, tmp_path / "m.gguf")), tokenizer=False)
     assert g.hparams["use_rope"] and g.hparams["ssm_layer"] == [False, True]
+    assert nmse(g.logits(prompt), got) <= NMSE_EXACT
+
+
+def test_falcon_h1_norm_before_gate_and_projection_biases(tmp_path):
+    from rocmforge.testing.tiny import hf_logits, hf_to_gguf, make_hf_model
+
+    hf_class, config = _tiny("falcon_h1", mamba_rms_norm=True, mamba_norm_before_gate=True, mamba_proj_bias=True,
+                             projectors_bias=True)
+    folder = make_hf_model(hf_class, config, tmp_path / "hf", seed=2)
+    prompt = [p % 256 for p in PROMPT]
+    m = load_model(str(folder), tokenizer=False)
+    assert m.hparams["ssm_rms_norm"] and m.hparams["norm_before_gate"] and m.hparams["ssm_out_bias"]
+    got = m.logits(prompt)
+    e = nmse(got, hf_logits(folder, prompt))
+    assert e <= NMSE_TRANSFORMERS, f"NMSE {e:.3g}"
+    # GGUF: the flags come back from the tensors the file holds (and our norm_before_gate key)
+    g = load_model(str(hf_to_gguf(folder, tmp_path / "m.gguf")), tokenizer=False)
+    assert g.hparams["ssm_rms_norm"] and g.hparams["ssm_in_bias"] and g.hparams["ssm_out_bias"]
     assert nmse(g.logits(prompt), got) <= NMSE_EXACT

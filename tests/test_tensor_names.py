@@ -70,6 +70,12 @@ UNKNOWN_TO_GGUF_PY: dict[tuple[str, str], str] = {
     ("granitemoehybrid", r"^model\.layers\.0\.shared_mlp\.(input_linear|output_linear)$"):
         "GraniteMoeModel.modify_tensors splits input_linear by hand and names the shared MLP by the expert "
         "count: ffn_{gate,up,down}_shexp beside experts, ffn_{gate,up,down} without",
+    ("falcon_h1", r"^model\.layers\.0\.mamba\.dt_bias$"):
+        "llama.cpp's Mamba-2 converter renames dt_bias to dt_proj.bias (Mamba2Model.filter_tensors) before "
+        "TensorNameMap maps it to ssm_dt (.bias)",
+    ("falcon_h1", r"^model\.layers\.0\.pre_ff_layernorm$"):
+        "for falcon-h1 gguf-py lists the name with its suffix (pre_ff_layernorm.weight -> FFN_PRE_NORM, named "
+        "blk.{bid}.ffn_norm), so llama.cpp's file holds blk.{i}.ffn_norm without .weight: our ffn_norm",
     ("apertus", r"^model\.layers\.0\.mlp\.act_fn\.(alpha_p|alpha_n|beta|eps)$"):
         "xIELU's learned scalars: llama.cpp's converter folds them into xielu.* metadata arrays (read as "
         "hparams when a GGUF lacks these tensors)",
