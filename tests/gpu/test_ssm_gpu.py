@@ -86,7 +86,8 @@ def test_new_state_is_zero_on_the_device(gpu):
 
 MODELS = [("mamba", "mamba-s6"), ("mamba2", "mamba2-groups"),
           ("qwen3_5", "qwen3_5-hybrid"), ("qwen3_next", "qwen3_next-moe"),
-          ("qwen3_5_moe", "qwen3_5_moe-hybrid")]     # Gated DeltaNet hybrids
+          ("qwen3_5_moe", "qwen3_5_moe-hybrid"),     # Gated DeltaNet hybrids
+          ("lfm2", "lfm2-hybrid"), ("lfm2moe", "lfm2moe-hybrid")]     # short convolutions + attention
 
 
 @pytest.fixture(scope="module")
