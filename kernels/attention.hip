@@ -1,7 +1,7 @@
 // attention.hip -- KV-cache append and causal attention (decode and tiled prefill), GQA-native.
 //
 // Layout: q (T, H, Dk) float32; the cache of one layer is kc (max_tokens, Hkv, Dk)
-// and vc (max_tokens, Hkv, Dv) as f16 bits; out (T, H, Dv) float32. Query t sits
+// and vc (max_tokens, Hkv, Dv) as f16 bits, or as FP8 codes (ATT_KV); out (T, H, Dv) float32. Query t sits
 // at position pos0 + t and sees keys j with max(0, p - window + 1) <= j <= p
 // (window 0: all); with chunk > 0 also only keys of its own chunk, j >= (p / chunk) * chunk
 // (Llama 4). Scores are q.k * scale, then cap * tanh(s / cap) when cap > 0, plus
@@ -14,6 +14,16 @@
 //           block reads each K/V row once for all of them (no KV replication)
 //   ATT_NEK ceil(Dk / RF_WARP), ATT_NEV ceil(Dv / RF_WARP): head elements per lane;
 //           lane l holds elements l, l + RF_WARP, ... of q, and of the output.
+//   ATT_KV  the cache's element: 0 f16; 1 FP8 E4M3FN (OCP: bias 7, max 448, NaN 0x7f/0xff);
+//           2 FP8 E4M3FNUZ (MI300: bias 8, max 240, no negative zero, NaN 0x80).
+//
+// FP8 cache: kv_store writes code = fp8(clip(x / kv_scale, -max, max)), rounded to nearest even
+// (ml_dtypes' cast, the NumPy reference). The attention kernels read a code through its f16 bit
+// pattern: exponent and mantissa move up to f16's fields, which is the value times 2^(bias - 15)
+// exactly (subnormals included), so the two flavours differ only in the factor 2^(15 - bias) the
+// backend folds into the scale arguments: scale = softmax scale * k_scale * 2^(15 - bias) and
+// vscale = v_scale * 2^(15 - bias) (1 for an f16 cache). A code is never read as the other flavour:
+// the flavour's bias is part of the cache, which passes both factors.
 // Each warp keeps an online softmax (max m, sum l, unnormalised acc) per head.
 //
 // Step position: pos0 is a kernel argument, or read from the device (pos_dev non-null: the
@@ -43,18 +53,51 @@
 #ifndef ATT_NEV
 #define ATT_NEV 4
 #endif
+#ifndef ATT_KV
+#define ATT_KV 0
+#endif
 #define ATT_NW 4
 #define ATT_NWQ 8
 #define ATT_BK 32
 
+#if ATT_KV == 0
+typedef rf_u16 att_kv_t;
+RF_DEV float att_ld(att_kv_t c) { return rf_h2f(c); }
+RF_DEV att_kv_t att_enc(float x, float) { return rf_f2h(x); }
+#else
+typedef rf_u8 att_kv_t;
+#define ATT_FP8_BIAS (ATT_KV == 1 ? 7 : 8)
+#define ATT_FP8_MAX (ATT_KV == 1 ? 448.f : 240.f)
+// the code's value times 2^(bias - 15): its 7 magnitude bits become f16's exponent and mantissa
+RF_DEV float att_ld(att_kv_t c) { return rf_h2f((rf_u16)(((c & 0x7f) << 7) | ((c & 0x80) << 8))); }
+// x / scale as an E4M3 code, rounded to nearest even, saturated at the flavour's max
+RF_DEV att_kv_t att_enc(float x, float scale) {
+    const float a = fminf(fabsf(x / scale), ATT_FP8_MAX);       // NaN -> max (fminf), as clip would not
+    const rf_u32 sign = (__float_as_uint(x) >> 24) & 0x80u;     // -0 keeps its sign, as the cast does
+    rf_u32 mag;
+    if (a < ldexpf(1.f, 1 - ATT_FP8_BIAS)) {
+        mag = (rf_u32)rintf(a * ldexpf(1.f, ATT_FP8_BIAS + 2));   // subnormal steps of 2^(-2 - bias); 8 = min normal
+    } else {
+        rf_u32 b = __float_as_uint(a);
+        b += 0x7ffffu + ((b >> 20) & 1u);                         // round the mantissa to 3 bits, ties to even
+        mag = ((((b >> 23) & 0xffu) - 127u + ATT_FP8_BIAS) << 3) | ((b >> 20) & 7u);
+    }
+#if ATT_KV == 2
+    return (att_kv_t)(mag ? (mag | sign) : 0u);                  // E4M3FNUZ: 0x80 is NaN, zero has no sign
+#else
+    return (att_kv_t)(mag | sign);
+#endif
+}
+#endif
+
 extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __restrict__ v,
-                                    rf_u16* __restrict__ kc, rf_u16* __restrict__ vc,
+                                    att_kv_t* __restrict__ kc, att_kv_t* __restrict__ vc,
                                     rf_i64 nk, rf_i64 nv, rf_i64 pos0_arg, rf_i64 kstride, rf_i64 vstride,
-                                    const rf_i64* __restrict__ pos_dev) {
+                                    const rf_i64* __restrict__ pos_dev, float kscale, float vscale) {
     const rf_i64 pos0 = pos_dev ? pos_dev[0] : pos0_arg;
     const rf_i64 koff = pos0 * kstride, voff = pos0 * vstride;
-    for (rf_i64 i = rf_gid(); i < nk; i += rf_gstride()) kc[koff + i] = rf_f2h(k[i]);
-    for (rf_i64 i = rf_gid(); i < nv; i += rf_gstride()) vc[voff + i] = rf_f2h(v[i]);
+    for (rf_i64 i = rf_gid(); i < nk; i += rf_gstride()) kc[koff + i] = att_enc(k[i], kscale);
+    for (rf_i64 i = rf_gid(); i < nv; i += rf_gstride()) vc[voff + i] = att_enc(v[i], vscale);
 }
 
 // Chunks of the keys for a step ending at position end - 1 (the backend's rule, repeated here so
@@ -97,19 +140,19 @@ RF_DEV void att_init(AttState& S, const float* __restrict__ q, rf_i64 t, int H, 
 }
 
 // one key/value row (f16 bits) at distance dist = j - p into the online softmax of every head of the warp
-RF_DEV void att_step(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, int Dv, float cap, int lane,
+RF_DEV void att_step(AttState& S, const att_kv_t* kp, const att_kv_t* vp, int Dk, int Dv, float cap, int lane,
                      int dist) {
     float kv[ATT_NEK];
 #pragma unroll
     for (int i = 0; i < ATT_NEK; ++i) {
         const int e = lane + i * RF_WARP;
-        kv[i] = e < Dk ? rf_h2f(kp[e]) : 0.f;
+        kv[i] = e < Dk ? att_ld(kp[e]) : 0.f;
     }
     float vv[ATT_NEV];
 #pragma unroll
     for (int i = 0; i < ATT_NEV; ++i) {
         const int e = lane + i * RF_WARP;
-        vv[i] = e < Dv ? rf_h2f(vp[e]) : 0.f;
+        vv[i] = e < Dv ? att_ld(vp[e]) : 0.f;
     }
 #pragma unroll
     for (int g = 0; g < ATT_G; ++g) {
@@ -132,7 +175,7 @@ RF_DEV void att_step(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, in
 // Four key/value rows (krow / vrow elements apart, distances dist .. dist + 3) in one online-softmax
 // update. The four dot products reduce in interleaved butterflies: one key at a time, each step waits
 // on its own chain of shuffles (the prefill kernel was latency-bound at ~3 TFLOP/s on an H200).
-RF_DEV void att_step4s(AttState& S, const rf_u16* kp, const rf_u16* vp, rf_i64 krow, rf_i64 vrow, float cap,
+RF_DEV void att_step4s(AttState& S, const att_kv_t* kp, const att_kv_t* vp, rf_i64 krow, rf_i64 vrow, float cap,
                        int lane, int dist, int Dk, int Dv) {
     float kv[4][ATT_NEK], vv[4][ATT_NEV];
 #pragma unroll
@@ -140,12 +183,12 @@ RF_DEV void att_step4s(AttState& S, const rf_u16* kp, const rf_u16* vp, rf_i64 k
 #pragma unroll
         for (int i = 0; i < ATT_NEK; ++i) {
             const int e = lane + i * RF_WARP;
-            kv[r][i] = e < Dk ? rf_h2f(kp[r * krow + e]) : 0.f;
+            kv[r][i] = e < Dk ? att_ld(kp[r * krow + e]) : 0.f;
         }
 #pragma unroll
         for (int i = 0; i < ATT_NEV; ++i) {
             const int e = lane + i * RF_WARP;
-            vv[r][i] = e < Dv ? rf_h2f(vp[r * vrow + e]) : 0.f;
+            vv[r][i] = e < Dv ? att_ld(vp[r * vrow + e]) : 0.f;
         }
     }
 #pragma unroll
@@ -185,17 +228,18 @@ RF_DEV void att_step4s(AttState& S, const rf_u16* kp, const rf_u16* vp, rf_i64 k
 }
 
 // four rows of a tile staged in shared memory (rows Dk / Dv apart)
-RF_DEV void att_step4(AttState& S, const rf_u16* kp, const rf_u16* vp, int Dk, int Dv, float cap, int lane,
+RF_DEV void att_step4(AttState& S, const att_kv_t* kp, const att_kv_t* vp, int Dk, int Dv, float cap, int lane,
                       int dist) {
     att_step4s(S, kp, vp, Dk, Dv, cap, lane, dist, Dk, Dv);
 }
 
-extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16* __restrict__ kc,
-                                       const rf_u16* __restrict__ vc, float* __restrict__ out,
+extern "C" __global__ void attn_decode(const float* __restrict__ q, const att_kv_t* __restrict__ kc,
+                                       const att_kv_t* __restrict__ vc, float* __restrict__ out,
                                        float* __restrict__ part_acc, float* __restrict__ part_ml,
                                        int T, int H, int Hkv, int Dk, int Dv, int pos0_arg, int window,
                                        float scale, float cap, int nsplit_cap, const rf_i64* __restrict__ pos_dev,
-                                       int chunk, const float* __restrict__ slopes, const float* __restrict__ sinks) {
+                                       int chunk, const float* __restrict__ slopes, const float* __restrict__ sinks,
+                                       float vscale) {
     const int pos0 = pos_dev ? (int)pos_dev[0] : pos0_arg;
     const int nsplit = att_nsplit(pos0 + T, window, chunk, nsplit_cap);
     if ((int)blockIdx.z >= nsplit) return;      // spare chunks of a grid sized for the longest step
@@ -243,9 +287,9 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16
         if (nsplit == 1) {
             if (sinks) {            // the sink logit joins the denominator (M is finite: key p is visible)
                 const float sk = sinks[h0 + g], Mn = fmaxf(M, sk);
-                out[o] = A * expf(M - Mn) / (L * expf(M - Mn) + expf(sk - Mn));
+                out[o] = vscale * A * expf(M - Mn) / (L * expf(M - Mn) + expf(sk - Mn));
             } else {
-                out[o] = A / L;
+                out[o] = vscale * A / L;
             }
         } else {
             const rf_i64 po = (rf_i64)z * T * H * Dv + o;
@@ -262,7 +306,7 @@ extern "C" __global__ void attn_decode(const float* __restrict__ q, const rf_u16
 extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
                                         float* __restrict__ out, int T, int H, int Dv, int nsplit_cap,
                                         int pos0_arg, int window, const rf_i64* __restrict__ pos_dev,
-                                        int chunk, const float* __restrict__ sinks) {
+                                        int chunk, const float* __restrict__ sinks, float vscale) {
     const int pos0 = pos_dev ? (int)pos_dev[0] : pos0_arg;
     const int nsplit = att_nsplit(pos0 + T, window, chunk, nsplit_cap);
     if (nsplit == 1) return;                    // attn_decode wrote out directly
@@ -280,17 +324,17 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_acc, cons
             L += part_ml[(z * TH + th) * 2 + 1] * f;
             A += part_acc[(z * TH + th) * Dv + e] * f;
         }
-        out[th * Dv + e] = A / L;
+        out[th * Dv + e] = vscale * A / L;
     }
 }
 
-extern "C" __global__ void attn_prefill(const float* __restrict__ q, const rf_u16* __restrict__ kc,
-                                        const rf_u16* __restrict__ vc, float* __restrict__ out,
+extern "C" __global__ void attn_prefill(const float* __restrict__ q, const att_kv_t* __restrict__ kc,
+                                        const att_kv_t* __restrict__ vc, float* __restrict__ out,
                                         int T, int H, int Hkv, int Dk, int Dv, int pos0, int window,
                                         float scale, float cap, int chunk, const float* __restrict__ slopes,
-                                        const float* __restrict__ sinks) {
-    __shared__ rf_u16 sk[ATT_BK * ATT_NEK * RF_WARP];
-    __shared__ rf_u16 sv[ATT_BK * ATT_NEV * RF_WARP];
+                                        const float* __restrict__ sinks, float vscale) {
+    __shared__ att_kv_t sk[ATT_BK * ATT_NEK * RF_WARP];
+    __shared__ att_kv_t sv[ATT_BK * ATT_NEV * RF_WARP];
     const int gtot = H / Hkv, hch = gtot / ATT_G;
     const int kvh = blockIdx.x / hch, h0 = kvh * gtot + (blockIdx.x % hch) * ATT_G;
     const int w = threadIdx.x / RF_WARP, lane = threadIdx.x % RF_WARP;
@@ -333,6 +377,7 @@ extern "C" __global__ void attn_prefill(const float* __restrict__ q, const rf_u1
             rescale = expf(S.m[g] - Mn);
             inv = 1.f / (S.l[g] * rescale + expf(sink - Mn));
         }
+        rescale *= vscale;              // the FP8 cache's V scale (1 for f16)
 #pragma unroll
         for (int i = 0; i < ATT_NEV; ++i) {
             const int e = lane + i * RF_WARP;

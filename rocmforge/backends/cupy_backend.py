@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeviceError, RocmforgeError
+from ..quant.act import InputQuantized
 from .base import Backend
+from .cupy_act import CupyActQuant
 from .cupy_attention import DECODE_MAX_T, CupyAttention, GpuKVCache  # noqa: F401 - both public here too
 from .cupy_delta import CupyDelta
 from .cupy_elementwise import ACT_KINDS, CupyElementwise  # noqa: F401 - ACT_KINDS: public here too
@@ -62,7 +64,7 @@ from .cupy_weights import (  # noqa: F401 - the format tables and GpuWeight are 
 )
 
 
-class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyState, CupyDelta, Backend):
+class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyState, CupyDelta, CupyActQuant, Backend):
     name = "cupy"
     device = "gpu"
 
@@ -370,6 +372,8 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyState,
 
     def linear(self, x, w, bias=None):
         x = self._f32(x)
+        if isinstance(w, InputQuantized):     # the file quantises this layer's input (cupy_act.py)
+            x, w = self.act_qdq(x, w.act), w.w
         if not isinstance(w, GpuWeight):
             y = x @ self._f32(w).T
             return y + bias if bias is not None else y
@@ -479,13 +483,15 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyState,
         return pos, f
 
     def _rows(self, a):
-        """(a, row stride in floats) for a float32 (T, ...) array whose rows are contiguous (a view of a
-        joined projection qualifies), else (a contiguous copy, its row length)."""
+        """(a, row stride in floats) for a float32 (T, ...) array whose rows are contiguous and start on
+        16 bytes (a view of a joined projection qualifies), else (a contiguous copy, its row length).
+        The row kernels read float4s: a row stride that is not a multiple of 4 floats (Falcon-H1's
+        z | xBC | dt of 100 columns) misaligns every other row."""
         cp = self.cp
         inner = int(np.prod(a.shape[1:], dtype=np.int64))
         if a.dtype == cp.float32 and a.ndim >= 2 and a.data.ptr % 16 == 0:
             want = np.cumprod((4,) + a.shape[:0:-1])[:-1][::-1]     # C strides of the trailing dims
-            if tuple(a.strides[1:]) == tuple(int(v) for v in want) and a.strides[0] % 4 == 0:
+            if tuple(a.strides[1:]) == tuple(int(v) for v in want) and (a.strides[0] % 16 == 0 or a.shape[0] == 1):
                 return a, a.strides[0] // 4 if a.shape[0] > 1 else inner
         a = self._f32(a)
         return a, inner

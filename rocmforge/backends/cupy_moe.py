@@ -70,7 +70,7 @@ class CupyMoe:
         for e in np.unique(ids):
             rows, slot = np.nonzero(ids == e)
             xe = x[cp.asarray(rows)]
-            ge, ue, de = (w.expert(int(e)) if isinstance(w, GpuWeight) else w[int(e)] for w in (gate, up, down))
+            ge, ue, de = (self._expert_weight(w, int(e)) for w in (gate, up, down))
             eid = cp.full((len(rows),), int(e), cp.int32)
             h = glu(cp.ascontiguousarray(self.linear(xe, ge)), cp.ascontiguousarray(self.linear(xe, ue)), eid)
             ye = cp.ascontiguousarray(self.linear(h, de))

@@ -105,7 +105,7 @@ class CupyPaged:
         kg, vg = self._gather(kc, vc, table, end, Hkv * Dk, Hkv * Dv, bs)
         hblocks = Hkv * ((H // Hkv) // g)
         self._launch("attention.hip", "attn_prefill", (hblocks, -(-T // 8)), (8 * self.warp,),
-                     (q, kg, vg, out) + common + (np.int32(chunk or 0), slopes, sink), defs)
+                     (q, kg, vg, out) + common + (np.int32(chunk or 0), slopes, sink, np.float32(1.0)), defs)
         return out
 
     def _gather(self, kc, vc, table, n, kstride, vstride, bs):

@@ -34,3 +34,21 @@ def tiny_config(arch: str, name: str) -> dict:
         if t["name"] == name:
             return t
     pytest.skip(f"no tiny model {name} in {arch}")
+
+
+def tiny_model(arch: str, name: str, tmp_path, seed: int = 3):
+    """A tiny model of ``arch``'s recipe: the prebuilt F32 GGUF of benchmarks/gpu_conformance.py --build
+    (.gpu-models, which machines without transformers carry), else an HF folder made here."""
+    from pathlib import Path
+
+    import pytest
+
+    prebuilt = Path(__file__).resolve().parents[2] / ".gpu-models" / arch / name / "model-F32.gguf"
+    if prebuilt.exists():
+        pytest.importorskip("gguf")
+        return prebuilt
+    pytest.importorskip("transformers")
+    from rocmforge.testing.tiny import make_hf_model
+
+    t = tiny_config(arch, name)
+    return make_hf_model(t["hf_class"], t["config"], tmp_path / name, seed=seed)

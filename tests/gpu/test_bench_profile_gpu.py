@@ -76,7 +76,10 @@ def test_prefill_profile(paths, qtype):
     _check_times(p)
     names = {r.name for r in p.rows}
     assert "attn_prefill" in names, sorted(names)
-    gemm = "cublas_gemm_f32" if qtype == "F32" else "cublas_gemm_f16"
+    # quantised weights: fp16 operands, float32 out of one gemmEx (cupy_gemm.py), or an fp16 GEMM
+    # with the gemm_ex knob off
+    gemm = "cublas_gemm_f32" if qtype == "F32" else ("cublas_gemmex_f16_f32" if m.backend.gemm_ex
+                                                      else "cublas_gemm_f16")
     assert gemm in names, sorted(names)
     if qtype == "Q4_0":
         assert "dequant_q4_0" in names and "cupy_cast_f16" in names, sorted(names)
