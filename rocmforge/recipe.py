@@ -98,7 +98,8 @@ class Context:
         state = getattr(seg.cache, "state", None)
         if state is None:
             raise RocmforgeError(f"layer {self.layer} needs recurrent state '{name}', but this cache holds none "
-                                 "(declare it in the recipe's state: section; paged caches hold no state yet)")
+                                 "(declare it in the recipe's state: section; a paged view gets one "
+                                 "from the engine's model step)")
         return state.get(self.layer, name)
 
 
@@ -206,6 +207,11 @@ class Executor:
         env = {"head_dim_v": None, **self.hparams}
         return {k: int(expr.evaluate(v, env)) for k, v in shape.items()}
 
+    def new_state(self) -> Any:
+        """A fresh recurrent state of one sequence (zeros), or None when the recipe declares none."""
+        shapes = self.state_shapes()
+        return self.backend.new_state(shapes) if shapes else None
+
     def new_cache(self, max_tokens: int) -> Any:
         """One sequence's cache: the KV cache, with its recurrent state as ``cache.state`` (None without)."""
         dims = self.cache_dims()
@@ -214,8 +220,7 @@ class Executor:
             kv = {"dtype": self.kv_cache_dtype, "scales": self.kv_scales}
         cache = self.backend.new_kv_cache(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
                                           dims["head_dim_v"], max_tokens, **kv)
-        shapes = self.state_shapes()
-        cache.state = self.backend.new_state(shapes) if shapes else None
+        cache.state = self.new_state()
         return cache
 
     def state_shapes(self) -> dict[tuple[int, str], tuple[int, ...]]:
@@ -232,10 +237,10 @@ class Executor:
         return self._cache["_state_shapes"]
 
     def new_paged_cache(self, num_blocks: int, block_size: int) -> Any:
-        """A paged KV store of ``num_blocks`` blocks shared by many sequences (rocmforge.backends.paged)."""
-        if self.recipe.state:
-            raise RocmforgeError(f"the {self.recipe.name} architecture keeps a recurrent state per sequence, "
-                                 "which the paged engine does not support yet; use Session / generate")
+        """A paged KV store of ``num_blocks`` blocks shared by many sequences (rocmforge.backends.paged).
+
+        It holds KV only: a recurrent model's per-sequence state comes from ``new_state`` (the engine's
+        model step hangs one on each sequence's view as ``view.state``)."""
         if self.kv_cache_dtype.startswith("fp8"):
             raise RocmforgeError("the paged engine has no FP8 KV cache yet (kv_cache_dtype "
                                  f"{self.kv_cache_dtype!r}); use kv_cache_dtype='f16' (or 'auto' for a model "
