@@ -56,13 +56,17 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# --trim: the part of llama.cpp that building llama-bench needs
+# --trim: the part of llama.cpp that building llama-bench and llama-server needs
 
 # paths kept, relative to the llama.cpp root; a folder is kept whole except for _DROP_NAMES
 _KEEP = (
     "CMakeLists.txt", "LICENSE", "cmake", "include", "src", "common", "licenses",
     "vendor/CMakeLists.txt", "vendor/cpp-httplib", "vendor/nlohmann", "vendor/sheredom",  # common's needs
     "tools/CMakeLists.txt", "tools/llama-bench",
+    # llama-server (benchmarks/serve_bench.py): the server, its multimodal library, the UI shim (no
+    # prebuilt web assets offline: it embeds none), and what those read from vendor/
+    "tools/server", "tools/mtmd", "tools/ui/CMakeLists.txt", "tools/ui/ui.cpp.in", "tools/ui/ui.h.in",
+    "scripts/ui-assets.cmake", "vendor/miniaudio", "vendor/stb", "vendor/hash",
     "ggml/CMakeLists.txt", "ggml/cmake", "ggml/include",
     "ggml/src/ggml-cpu", "ggml/src/ggml-cuda", "ggml/src/ggml-hip",
 )
@@ -111,7 +115,7 @@ def trim(src: Path, dest: Path) -> int:
         if new != text:
             cm.write_text(new)
     (dest / "TRIMMED.txt").write_text(
-        f"A copy of {src} holding only what building llama-bench (CPU, CUDA, HIP) needs;\n"
+        f"A copy of {src} holding only what building llama-bench and llama-server (CPU, CUDA, HIP) needs;\n"
         "written by rocmforge benchmarks/side_by_side.py --trim. Commented-out add_subdirectory lines:\n"
         + "".join(f"  {e}\n" for e in edited))
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
@@ -129,9 +133,10 @@ def gpu_flavour() -> str:
 
 
 def cmake_args(src: Path, build: Path, flavour: str, arch: str | None) -> list[str]:
+    # the server is configured too (a target built only when asked for: benchmarks/serve_bench.py)
     args = ["-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF",
             "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-            "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_TOOLS=ON",
+            "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_TOOLS=ON",
             # the copy has no .git of its own: without these, git would stamp the enclosing repo's commit
             f"-DLLAMA_BUILD_COMMIT={LLAMA_SOURCE}", "-DLLAMA_BUILD_NUMBER=0"]
     if shutil.which("ninja"):
@@ -170,8 +175,9 @@ def bench_binary(build: Path) -> Path:
     return Path(build) / "bin" / "llama-bench"
 
 
-def start_build(src: Path, build: Path, flavour: str, arch: str | None, jobs: int, logfile: Path):
-    """Configure (once) and start ``cmake --build --target llama-bench`` in the background; returns the Popen."""
+def start_build(src: Path, build: Path, flavour: str, arch: str | None, jobs: int, logfile: Path,
+                targets: tuple[str, ...] = ("llama-bench",)):
+    """Configure (once) and start ``cmake --build --target TARGETS`` in the background; returns the Popen."""
     cmake = shutil.which("cmake")
     if cmake is None:
         raise SystemExit("cmake is not on PATH: llama-bench cannot be built here. Install cmake (>= 3.18, with "
@@ -191,8 +197,8 @@ def start_build(src: Path, build: Path, flavour: str, arch: str | None, jobs: in
     script = ""
     if not any((build / f).exists() for f in ("build.ninja", "Makefile")):  # configured once; a rerun resumes
         script += " ".join(map(_q, configure)) + " && "
-    script += " ".join(map(_q, [cmake, "--build", str(build), "--target", "llama-bench", "-j", str(jobs)]))
-    log(f"[build] {flavour} llama-bench in {build} (-j{jobs}); log: {logfile}")
+    script += " ".join(map(_q, [cmake, "--build", str(build), "--target", *targets, "-j", str(jobs)]))
+    log(f"[build] {flavour} {' '.join(targets)} in {build} (-j{jobs}); log: {logfile}")
     out = open(logfile, "ab")  # noqa: SIM115 - stays open for the child
     return subprocess.Popen(["bash", "-c", script], stdout=out, stderr=subprocess.STDOUT, env=env)
 
@@ -211,7 +217,7 @@ def wait_build(proc, build: Path, logfile: Path, t0: float) -> Path:
             log(f"[build] {time.time() - t0:5.0f} s  {tail}")
     if proc.returncode != 0:
         sys.stderr.write(Path(logfile).read_text(errors="replace")[-6000:])
-        raise SystemExit(f"building llama-bench failed (exit {proc.returncode}); the whole log is {logfile}")
+        raise SystemExit(f"building llama.cpp failed (exit {proc.returncode}); the whole log is {logfile}")
     binary = bench_binary(build)
     log(f"[build] done in {time.time() - t0:.0f} s: {binary}")
     return binary
@@ -342,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="llama-bench backend: auto = hip when hipcc or /opt/rocm is there, else cuda")
     ap.add_argument("--arch", help="GPU architecture (default 90 for CUDA, gfx942 for HIP)")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 4)
-    ap.add_argument("--build-only", action="store_true", help="build llama-bench and exit")
+    ap.add_argument("--build-only", action="store_true", help="build llama.cpp's --targets and exit")
+    ap.add_argument("--targets", default="llama-bench", help="with --build-only: comma list of llama.cpp targets "
+                    "(default llama-bench; llama-server for benchmarks/serve_bench.py)")
     ap.add_argument("--skip-build", action="store_true", help="use the llama-bench already in --build-dir")
     ap.add_argument("--only", choices=["ours", "llama"], help="run one engine only")
     ap.add_argument("--device", default="gpu", help="rocmforge's --device (default gpu)")
@@ -376,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     logfile = Path(a.build_dir).with_name(Path(a.build_dir).name + ".log")
     if want_llama and not a.llama_bench and not a.skip_build:
-        proc = start_build(Path(a.src), Path(a.build_dir), flavour, a.arch, a.jobs, logfile)
+        targets = tuple(t for t in a.targets.split(",") if t) if a.build_only else ("llama-bench",)
+        proc = start_build(Path(a.src), Path(a.build_dir), flavour, a.arch, a.jobs, logfile, targets)
     if a.build_only:
         if proc is None:
             raise SystemExit("--build-only with --llama-bench, --skip-build or --only ours: nothing to build")
