@@ -105,13 +105,17 @@ def test_cmake_missing_is_a_clear_error(sbs, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not LLAMA_CPP.is_dir(), reason=f"no llama.cpp source at {LLAMA_CPP}")
-def test_trim_keeps_the_llama_bench_closure_only(sbs, tmp_path):
+def test_trim_keeps_the_llama_bench_and_server_closure_only(sbs, tmp_path):
     dest = tmp_path / "src"
     size = sbs.trim(LLAMA_CPP, dest)
     assert size < 40 * 2**20
     for kept in ("tools/llama-bench/llama-bench.cpp", "ggml/src/ggml-cuda/mmq.cu", "ggml/src/ggml-hip/CMakeLists.txt",
-                 "ggml/src/ggml-cpu/ggml-cpu.c", "src/llama.cpp", "common/common.cpp", "vendor/nlohmann/json.hpp"):
+                 "ggml/src/ggml-cpu/ggml-cpu.c", "src/llama.cpp", "common/common.cpp", "vendor/nlohmann/json.hpp",
+                 "tools/server/server.cpp", "tools/mtmd/mtmd.cpp", "tools/ui/ui.cpp.in", "scripts/ui-assets.cmake"):
         assert (dest / kept).is_file(), kept
-    for gone in ("tests", "docs", "examples", "models", "tools/server", "ggml/src/ggml-vulkan", "ggml/src/ggml-metal"):
+    for gone in ("tests", "docs", "examples", "models", "tools/cli", "tools/ui/src", "tools/server/tests",
+                 "ggml/src/ggml-vulkan", "ggml/src/ggml-metal"):
         assert not (dest / gone).exists(), gone
-    assert "# trimmed by side_by_side.py: add_subdirectory(server)" in (dest / "tools/CMakeLists.txt").read_text()
+    tools = (dest / "tools/CMakeLists.txt").read_text()
+    assert "# trimmed by side_by_side.py: add_subdirectory(cli)" in tools
+    assert "# trimmed" not in next(line for line in tools.splitlines() if "add_subdirectory(server)" in line)
