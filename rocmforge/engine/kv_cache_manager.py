@@ -87,8 +87,9 @@ class KVCacheManager:
         seq.blocks = list(hits) + self.pool.allocate(need)
         seq.hashes = [b.hash for b in hits]
         self._seqs[seq_id] = seq
-        self.prefix_queries += len(tokens)
-        self.prefix_hits += n_cached
+        if self.pool.enable_caching:     # with caching off nothing was looked up: no queries, no misses
+            self.prefix_queries += len(tokens)
+            self.prefix_hits += n_cached
         return True
 
     def grow(self, seq_id: Hashable, num_computed: int, num_new_tokens: int) -> bool:

@@ -56,18 +56,25 @@ class LLMEngine:
             if model is None:
                 raise ValueError("max_model_len is needed without a model")
             max_model_len = model.context_length
+        if num_blocks is None and kv_cache_gb is not None:
+            num_blocks = blocks_for_memory(model, kv_cache_gb, block_size)
+            if num_blocks is None:
+                log.info("%s keeps no KV cache: --kv-cache-gb does not size its block pool", model.arch)
         if num_blocks is None:
-            if kv_cache_gb is not None:
-                num_blocks = blocks_for_memory(model, kv_cache_gb, block_size)
-            else:
-                num_blocks = max_num_seqs * blocks_for(min(max_model_len, DEFAULT_POOL_TOKENS), block_size)
-                num_blocks = max(num_blocks, blocks_for(max_model_len, block_size))
+            num_blocks = max_num_seqs * blocks_for(min(max_model_len, DEFAULT_POOL_TOKENS), block_size)
+            num_blocks = max(num_blocks, blocks_for(max_model_len, block_size))
         self.model = model
         self.max_model_len = int(max_model_len)
+        self.runner = model_step if model_step is not None else ModelStep(model, int(num_blocks), block_size)
+        if enable_prefix_caching and getattr(self.runner, "has_state", False):
+            # a recurrent layer's state after a prefix is not kept per block: a cached prefix's KV alone
+            # cannot continue the sequence, so every prompt is computed from its first token
+            log.info("prefix caching is off: %s keeps a recurrent state per sequence, which KV blocks do not hold",
+                     getattr(model, "arch", "the model"))
+            enable_prefix_caching = False
         self.pool = BlockPool(int(num_blocks), block_size, enable_caching=enable_prefix_caching)
         self.kv = KVCacheManager(self.pool)
         self.scheduler = Scheduler(self.kv, max_num_seqs, max_num_batched_tokens, self.max_model_len)
-        self.runner = model_step if model_step is not None else ModelStep(model, int(num_blocks), block_size)
         self.vocab_size = int(self.runner.vocab_size)
         if eos_ids is None:
             tok = getattr(model, "tokenizer", None) if model is not None else None
@@ -218,7 +225,11 @@ class LLMEngine:
             prefix_hits_total=self.kv.prefix_hits, prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             extra={"kv_blocks_cached": float(self.pool.num_cached), "kv_block_evictions": float(self.pool.evictions),
-                   "block_size": float(self.pool.block_size)})
+                   "block_size": float(self.pool.block_size),
+                   "prefix_caching": float(self.pool.enable_caching),
+                   # recurrent models: one state per running sequence, freed with its KV blocks
+                   "recurrent_states": float(getattr(self.runner, "num_states", 0)),
+                   "recurrent_state_bytes": float(getattr(self.runner, "state_bytes", 0))})
 
     def run_to_completion(self, requests: Iterable[EngineRequest]) -> dict[Hashable, list[TokenEvent]]:
         """Add ``requests`` and step until all are done: every request's events (tests, benchmarks)."""

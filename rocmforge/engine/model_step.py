@@ -4,6 +4,15 @@ It knows nothing of request states or scheduling: it gets (sequence id, token id
 block table) per sequence and returns each sequence's logits, the last row or, for the sequences
 that ask, every row. Each sequence's cache is a view of the one pool store
 (rocmforge.backends.paged), so Executor.forward_batch runs many sequences unchanged.
+
+A recurrent model (a recipe with a ``state:`` section: Mamba, hybrids) also keeps a fixed-size state
+per sequence, which the KV blocks cannot hold: the step owns one per sequence, hung on its view as
+``view.state`` (what ``ctx.state(seg, name)`` reads), made at the sequence's first step and dropped
+by ``release`` (finished, aborted, preempted). Unlike KV, which a step may rewrite, a state absorbs
+each token exactly once, so the step keeps the tokens it absorbed: a sequence starting over at
+position 0 (a preempted request recomputed) gets a zeroed state, and one whose state a failed
+forward may have half-updated is replayed from position 0 on its next step. A state cannot start
+past position 0 (it is not stored per block), so prefix caching is off for such models.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import RocmforgeError
 
 
 @dataclass
@@ -24,14 +35,19 @@ class StepItem:
 
 
 def kv_bytes_per_block(model, block_size: int) -> int:
-    """Bytes one block takes across all layers at the model's default K/V shape."""
+    """Bytes one block takes across all layers at the model's default K/V shape (0: a model that keeps no KV,
+    e.g. Mamba)."""
     dims = model.executor.cache_dims()
     per_token = dims["n_head_kv"] * (dims["head_dim"] + dims["head_dim_v"]) * model.backend.kv_bytes
     return per_token * int(model.hparams["n_layer"]) * block_size
 
 
-def blocks_for_memory(model, kv_cache_gb: float, block_size: int) -> int:
-    n = int(kv_cache_gb * (1 << 30)) // kv_bytes_per_block(model, block_size)
+def blocks_for_memory(model, kv_cache_gb: float, block_size: int) -> int | None:
+    """Blocks that ``kv_cache_gb`` GiB hold; None when blocks take no memory (the caller picks a count)."""
+    per_block = kv_bytes_per_block(model, block_size)
+    if per_block == 0:
+        return None
+    n = int(kv_cache_gb * (1 << 30)) // per_block
     if n < 1:
         raise ValueError(f"--kv-cache-gb {kv_cache_gb} holds no block of {block_size} tokens "
                          f"({kv_bytes_per_block(model, block_size)} bytes each)")
@@ -45,6 +61,9 @@ class ModelStep:
         self.backend = model.backend
         self.store = self.executor.new_paged_cache(num_blocks, block_size)
         self._views: dict[Hashable, object] = {}
+        self.has_state = bool(self.executor.state_shapes())
+        self._absorbed: dict[Hashable, list[int]] = {}    # recurrent models: the tokens each state holds
+        self._stale: set[Hashable] = set()                # states a failed forward may have half-updated
 
     @property
     def vocab_size(self) -> int:
@@ -54,25 +73,64 @@ class ModelStep:
         self.store.copy_blocks(pairs)
 
     def release(self, seq_id: Hashable) -> None:
-        self._views.pop(seq_id, None)
+        """``seq_id`` is done with its view here (finished, aborted, preempted): its recurrent state goes now."""
+        view = self._views.pop(seq_id, None)
+        if view is not None:
+            view.state = None
+        self._absorbed.pop(seq_id, None)
+        self._stale.discard(seq_id)
+
+    # ---- recurrent state (zero and empty for a model without)
+    @property
+    def num_states(self) -> int:
+        """Live recurrent states: one per sequence that has run and not been released."""
+        return sum(1 for v in self._views.values() if getattr(v, "state", None) is not None)
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(v.state.nbytes for v in self._views.values() if getattr(v, "state", None) is not None)
+
+    def _with_state(self, it: StepItem, view) -> tuple[list[int], int]:
+        """The tokens and first position to run for ``it``, its state made ready (zeroed or replayed)."""
+        if view.state is None:
+            view.state = self.executor.new_state()
+            self._absorbed[it.seq_id] = []
+        done = self._absorbed[it.seq_id]
+        ids, pos0 = list(it.token_ids), it.pos0
+        if pos0 > len(done):
+            raise RocmforgeError(f"sequence {it.seq_id!r} continues at position {pos0}, but its recurrent state has "
+                                 f"taken {len(done)} tokens (a recurrent model cannot reuse cached KV prefixes)")
+        if pos0 < len(done) or it.seq_id in self._stale:     # start over: zeros, then every token before pos0
+            view.state.reset()
+            ids, pos0 = done[:pos0] + ids, 0
+        return ids, pos0
 
     def run(self, items: list[StepItem]) -> list[np.ndarray]:
         """Logits per item, float32 on the host: (vocab,) for the last row, (n, vocab) with all_rows."""
-        views = []
+        runs = []
         for it in items:
             view = self._views.get(it.seq_id)
             if view is None:
                 view = self._views[it.seq_id] = self.store.view()
-            view.set_table(it.block_table, it.pos0)
-            views.append(view)
+                view.state = None
+            ids, pos0 = self._with_state(it, view) if self.has_state else (it.token_ids, it.pos0)
+            view.set_table(it.block_table, pos0)
+            runs.append((ids, view, pos0))
         all_rows = any(it.all_rows for it in items)
-        out = self.executor.forward_batch([(it.token_ids, v, it.pos0) for it, v in zip(items, views)],
-                                          last_only=not all_rows)
+        try:
+            out = self.executor.forward_batch(runs, last_only=not all_rows)
+        except BaseException:
+            self._stale.update(it.seq_id for it in items if it.seq_id in self._absorbed)
+            raise
+        for it, (ids, _, pos0) in zip(items, runs):
+            if it.seq_id in self._absorbed:
+                self._absorbed[it.seq_id][pos0:] = ids
+                self._stale.discard(it.seq_id)
         logits = self.backend.to_numpy(out)
         result, row = [], 0
-        for it in items:
-            n = len(it.token_ids) if all_rows else 1
+        for it, (ids, _, _) in zip(items, runs):
+            n = len(ids) if all_rows else 1
             part = logits[row:row + n]
             row += n
-            result.append(part if it.all_rows else part[-1])
+            result.append(part[n - len(it.token_ids):] if it.all_rows else part[-1])
         return result
