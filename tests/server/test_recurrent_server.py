@@ -44,8 +44,9 @@ def write_ascii_tokenizer(folder, vocab_size: int) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import rocmforge
     from fastapi.testclient import TestClient
+
+    import rocmforge
     from rocmforge.engine.async_engine import AsyncEngine
     from rocmforge.registry import architectures
     from rocmforge.server import create_app
