@@ -39,7 +39,7 @@ class Session:
         """An independent copy of this sequence: its KV cache and recurrent state copied."""
         other = Session(self.model, self.cache.max_tokens)
         for name in ("k", "v"):
-            setattr(other.cache, name, [a.copy() for a in getattr(self.cache, name)])
+            setattr(other.cache, name, [None if a is None else a.copy() for a in getattr(self.cache, name)])
         for name in ("k_scale", "v_scale"):     # an FP8 cache's per-layer scales (dynamic ones are set on use)
             if hasattr(self.cache, name):
                 setattr(other.cache, name, list(getattr(self.cache, name)))
@@ -155,12 +155,13 @@ class Model:
 
     def kv_cache_bytes(self, n_tokens: int | None = None) -> int:
         """Bytes of one sequence's K and V over ``n_tokens`` positions (default: the context length)
-        in this model's KV cache storage (float32 on the NumPy reference, fp16 on a GPU, fp8: one)."""
-        dims = self.executor.cache_dims()
+        in this model's KV cache storage (float32 on the NumPy reference, fp16 on a GPU, fp8: one),
+        summed over the layers that hold K/V at their own shapes (Executor.cache_layers)."""
         kv = self.kv_cache_dtype
         per = 1 if kv.startswith("fp8") else 2 if (kv == "f16" or self.backend.device != "cpu") else 4
         n = self.context_length if n_tokens is None else n_tokens
-        return int(self.hparams["n_layer"]) * dims["n_head_kv"] * (dims["head_dim"] + dims["head_dim_v"]) * n * per
+        per_pos = sum(h * (dk + dv) for h, dk, dv in self.executor.cache_layers().values())
+        return per_pos * n * per
 
     def prepare(self, progress: bool = False) -> Model:
         """Prepare the weights for the backend now (dequantise/upload), with a progress bar if asked.

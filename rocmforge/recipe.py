@@ -24,6 +24,9 @@ _NAME_KEYS = {"op", "in", "out", "weight", "bias", "q", "k", "v", "o", "qkv", "q
               "qk_norm_scope", "qk_norm_type", "sinks"}
 
 
+_CACHE_DIMS = ("n_head_kv", "head_dim", "head_dim_v")
+
+
 class Segment:
     """``length`` rows of the batch that continue one sequence at position ``pos0`` in ``cache``."""
 
@@ -200,12 +203,36 @@ class Executor:
             self._cache[key] = make()
         return self._cache[key]
 
+    def cache_layers(self) -> dict[int, tuple[int, int, int]]:
+        """{layer: (n_head_kv, head_dim, head_dim_v)} of the layers that hold K/V.
+
+        The recipe's ``cache:`` section says which (``if:``, over hparams + ``layer``: a hybrid's
+        attention layers) and at what shape (expressions that may read ``layer``); by default every
+        layer at n_head_kv, head_dim, head_dim_v."""
+        if "_cache_layers" not in self._cache:
+            spec = {"n_head_kv": "n_head_kv", "head_dim": "head_dim", "head_dim_v": "head_dim_v or head_dim",
+                    **self.recipe.cache}
+            cond = spec.get("if")
+            layers = {}
+            for layer in range(int(self.hparams["n_layer"])):
+                env = {"head_dim_v": None, **self.hparams, "layer": layer}
+                if cond is not None and not expr.evaluate(str(cond), env):
+                    continue
+                layers[layer] = tuple(int(expr.evaluate(str(spec[k]), env)) for k in _CACHE_DIMS)
+            self._cache["_cache_layers"] = layers
+        return self._cache["_cache_layers"]
+
     def cache_dims(self) -> dict[str, int]:
-        """The default per-layer K/V shape: n_head_kv, head_dim, head_dim_v (the recipe's ``cache:`` may say)."""
-        shape = {"n_head_kv": "n_head_kv", "head_dim": "head_dim", "head_dim_v": "head_dim_v or head_dim"}
-        shape.update(self.recipe.cache)
-        env = {"head_dim_v": None, **self.hparams}
-        return {k: int(expr.evaluate(v, env)) for k, v in shape.items()}
+        """The default per-layer K/V shape: n_head_kv, head_dim, head_dim_v (the recipe's ``cache:`` may say),
+        that of the first layer holding K/V (all 0 when none does)."""
+        layers = self.cache_layers()
+        return dict(zip(_CACHE_DIMS, next(iter(layers.values())) if layers else (0, 0, 0)))
+
+    def cache_per_layer(self) -> bool:
+        """Whether the recipe declares its K/V layer by layer (an ``if:``, or shapes that differ between
+        layers): then a cache holds exactly those layers at exactly those shapes."""
+        layers = self.cache_layers()
+        return "if" in self.recipe.cache or len(set(layers.values())) > 1
 
     def new_state(self) -> Any:
         """A fresh recurrent state of one sequence (zeros), or None when the recipe declares none."""
@@ -215,9 +242,11 @@ class Executor:
     def new_cache(self, max_tokens: int) -> Any:
         """One sequence's cache: the KV cache, with its recurrent state as ``cache.state`` (None without)."""
         dims = self.cache_dims()
-        kv = {}
+        kv: dict[str, Any] = {}
         if self.kv_cache_dtype != "auto" or self.kv_scales:     # backends without the options keep working
             kv = {"dtype": self.kv_cache_dtype, "scales": self.kv_scales}
+        if self.cache_per_layer():
+            kv["layers"] = self.cache_layers()
         cache = self.backend.new_kv_cache(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
                                           dims["head_dim_v"], max_tokens, **kv)
         cache.state = self.new_state()

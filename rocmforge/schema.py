@@ -92,7 +92,8 @@ class Recipe:
     # the config audit (rocmforge.config_audit): honours / inert / refuses, gguf_inert / gguf_refuses
     config: dict = field(default_factory=dict)
     # KV cache rows per layer when they differ from the attention heads (absorbed MLA caches one
-    # latent "head"): {n_head_kv, head_dim, head_dim_v} expressions over hparams
+    # latent "head"): {n_head_kv, head_dim, head_dim_v} expressions over hparams + layer, and
+    # ``if``: which layers hold K/V at all (hybrids: the attention layers; default every layer)
     cache: dict = field(default_factory=dict)
     # fixed-size recurrent state per layer (Mamba conv tail + SSM state, ...): {name: {shape: [expr, ...],
     # if?: condition over hparams + layer}}, allocated with each sequence next to its KV cache
@@ -171,8 +172,13 @@ def parse_recipe(data: dict, file: str) -> Recipe:
                 "a mapping key -> accepted value (or list of accepted values)", audit.get(key))
         audit.setdefault(key, {})
     cache = data.get("cache", {}) or {}
-    _expect(isinstance(cache, dict) and set(cache) <= {"n_head_kv", "head_dim", "head_dim_v"}, file, "cache",
-            "a mapping with n_head_kv / head_dim / head_dim_v expressions", cache)
+    _expect(isinstance(cache, dict) and set(cache) <= {"n_head_kv", "head_dim", "head_dim_v", "if"}, file, "cache",
+            "a mapping with n_head_kv / head_dim / head_dim_v expressions and an optional if: condition", cache)
+    for key, text in cache.items():
+        try:
+            expr.parse(str(text))
+        except expr.ExprError as exc:
+            raise SchemaError(file, f"cache.{key}", "a recipe expression over hparams and layer", str(exc)) from None
     state = _parse_state(data.get("state", {}) or {}, file)
     return Recipe(data["name"], file, str(data.get("description", "")), gguf_archs, hf_classes, hps,
                   sections["embed"], sections["block"], sections["head"], tmpl, tiny, audit, cache, state)

@@ -80,7 +80,9 @@ class Backend(ABC):
 
         Backends with KV storage options take ``dtype`` ("auto" float, "f16", "fp8" = the device's
         FP8 flavour, "fp8_e4m3fn", "fp8_e4m3fnuz") and ``scales`` {layer: (k_scale, v_scale)}
-        (calibrated for e4m3fn) as keywords; the executor passes them only when not the default."""
+        (calibrated for e4m3fn) as keywords; the executor passes them only when not the default.
+        ``layers`` {layer: (n_kv_head, head_dim_k, head_dim_v)} (a keyword, passed when the recipe
+        declares its cache per layer): only those layers hold K/V, at exactly those shapes."""
 
     def new_paged_kv(self, n_layer: int, n_kv_head: int, head_dim_k: int, head_dim_v: int, num_blocks: int,
                      block_size: int) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DeviceError, RocmforgeError
+from .numpy_backend import check_kv_layer
 
 DECODE_MAX_T = 4          # attention: decode kernel up to this many queries, tiled prefill beyond
 
@@ -29,9 +30,12 @@ FP8_KV = {"fp8_e4m3fn": (1, 7), "fp8_e4m3fnuz": (2, 8)}
 class GpuKVCache:
     """K and V of every layer, (n_layer, max_tokens, n_kv_head, head_dim), allocated up front: fp16, or
     FP8 codes of ``flavour`` (fp8_e4m3fn / fp8_e4m3fnuz) with one scale per layer and tensor, the
-    file's ({layer: (k_scale, v_scale)}, calibrated for e4m3fn) or taken from the layer's first store."""
+    file's ({layer: (k_scale, v_scale)}, calibrated for e4m3fn) or taken from the layer's first store.
 
-    def __init__(self, cp, n_layer, n_kv_head, dk, dv, max_tokens, flavour=None, scales=None):
+    ``layers`` {layer: (n_kv_head, head_dim, head_dim_v)}: only those layers hold K/V, at exactly those
+    shapes (the others hold None), as in the NumPy reference's NumpyKVCache."""
+
+    def __init__(self, cp, n_layer, n_kv_head, dk, dv, max_tokens, flavour=None, scales=None, layers=None):
         from ..quant.act import kv_scale_for
 
         self.cp = cp
@@ -39,9 +43,17 @@ class GpuKVCache:
         self.elem = cp.uint8 if flavour else cp.float16
         self.max_tokens = int(max_tokens)
         self.n_kv_head, self.dk, self.dv = int(n_kv_head), int(dk), int(dv)
-        k = cp.empty((n_layer, max_tokens, n_kv_head, dk), self.elem)
-        v = cp.empty((n_layer, max_tokens, n_kv_head, dv), self.elem)
-        self.k, self.v = [k[i] for i in range(n_layer)], [v[i] for i in range(n_layer)]   # per-layer views
+        self.fixed = layers is not None
+        shapes = layers if layers is not None else {i: (n_kv_head, dk, dv) for i in range(n_layer)}
+        self.k, self.v = [None] * n_layer, [None] * n_layer
+        groups: dict[tuple, list[int]] = {}
+        for i, shape in shapes.items():
+            groups.setdefault(tuple(int(d) for d in shape), []).append(i)
+        for (h, d, e), ids in groups.items():      # layers of one shape share one allocation
+            k = cp.empty((len(ids), max_tokens, h, d), self.elem)
+            v = cp.empty((len(ids), max_tokens, h, e), self.elem)
+            for j, i in enumerate(ids):               # per-layer views
+                self.k[i], self.v[i] = k[j], v[j]
         self.length = [0] * n_layer
         scales = scales or {}
         self.k_scale = [kv_scale_for(flavour, scales[i][0]) if flavour and i in scales else None
@@ -77,6 +89,7 @@ class GpuKVCache:
     def buffers(self, layer: int, k_shape: tuple, v_shape: tuple):
         """Layer ``layer``'s K and V; an empty layer whose K/V shape (n_kv_head, head_dim) differs from
         the model default (Gemma 4 global layers) gets buffers of its own shape."""
+        check_kv_layer(self, layer, k_shape, v_shape)
         if self.length[layer] == 0 and (tuple(self.k[layer].shape[1:]) != tuple(k_shape)
                                         or tuple(self.v[layer].shape[1:]) != tuple(v_shape)):
             self.k[layer] = self.cp.empty((self.max_tokens, *k_shape), self.elem)
@@ -86,6 +99,7 @@ class GpuKVCache:
     def read(self, layer: int, pos0: int, n: int):
         """K and V of positions pos0 .. pos0 + n as float32 (FP8 codes decoded with the layer's scales)."""
         cp = self.cp
+        check_kv_layer(self, layer)
         k, v = self.k[layer][pos0:pos0 + n], self.v[layer][pos0:pos0 + n]
         if not self.flavour:
             return cp.ascontiguousarray(k, dtype=cp.float32), cp.ascontiguousarray(v, dtype=cp.float32)
@@ -100,11 +114,12 @@ class GpuKVCache:
     @property
     def nbytes(self) -> int:
         """Bytes the K/V of ``max_tokens`` positions take in this cache's storage type."""
-        return int(sum(a.nbytes for a in (*self.k, *self.v)))
+        return int(sum(a.nbytes for a in (*self.k, *self.v) if a is not None))
 
 
 class CupyAttention:
-    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, dtype="auto", scales=None):
+    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, dtype="auto", scales=None,
+                     layers=None):
         if dtype == "fp8":
             dtype = self.fp8_kv_flavour
         if dtype not in ("auto", "f16", *FP8_KV):
@@ -112,7 +127,8 @@ class CupyAttention:
                              f"{', '.join(FP8_KV)}")
         flavour = dtype if dtype in FP8_KV else None
         try:
-            return GpuKVCache(self.cp, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, flavour, scales)
+            return GpuKVCache(self.cp, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, flavour, scales,
+                              layers)
         except self.cp.cuda.memory.OutOfMemoryError as exc:
             raise DeviceError(f"out of GPU memory for a KV cache of {max_tokens} tokens ({exc}); "
                               "ask for a shorter context") from None

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from ..errors import RocmforgeError
 from .base import Backend
 from .numpy_delta import NumpyDelta
 from .numpy_ssm import NumpySSM
@@ -19,18 +20,25 @@ from .numpy_ssm import NumpySSM
 class NumpyKVCache:
     """Per-layer K and V, (capacity, n_kv_head, head_dim), grown by doubling.
 
-    A layer whose K/V differ in shape from the model's default (per-layer head sizes) takes the
-    shape of the first K/V stored in it."""
+    ``layers`` {layer: (n_kv_head, head_dim, head_dim_v)}: only those layers hold K/V, at exactly
+    those shapes (the others, a hybrid's recurrent layers, hold None). Without it every layer holds
+    the default shape, and a layer whose K/V differ from it (per-layer head sizes) takes the shape
+    of the first K/V stored in it."""
 
     dtype = np.dtype(np.float32)       # what K/V are stored as (float16 for kv_cache_dtype="f16")
 
-    def __init__(self, n_layer: int, n_kv_head: int, dk: int, dv: int, max_tokens: int, dtype=None):
+    def __init__(self, n_layer: int, n_kv_head: int, dk: int, dv: int, max_tokens: int, dtype=None,
+                 layers: dict[int, tuple[int, int, int]] | None = None):
         cap = min(max_tokens, 256)
         self.max_tokens = max_tokens
         if dtype is not None:
             self.dtype = np.dtype(dtype)
-        self.k = [np.empty((cap, n_kv_head, dk), self.dtype) for _ in range(n_layer)]
-        self.v = [np.empty((cap, n_kv_head, dv), self.dtype) for _ in range(n_layer)]
+        self.fixed = layers is not None
+        shapes = layers if layers is not None else {i: (n_kv_head, dk, dv) for i in range(n_layer)}
+        self.k: list[np.ndarray | None] = [None] * n_layer
+        self.v: list[np.ndarray | None] = [None] * n_layer
+        for i, (h, d, e) in shapes.items():
+            self.k[i], self.v[i] = np.empty((cap, h, d), self.dtype), np.empty((cap, h, e), self.dtype)
         self.length = [0] * n_layer
 
     def _encode(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -40,9 +48,8 @@ class NumpyKVCache:
     def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
         end = pos0 + k.shape[0]
         if end > self.max_tokens:
-            from ..errors import RocmforgeError
-
             raise RocmforgeError(f"sequence of {end} tokens exceeds the context of {self.max_tokens}")
+        check_kv_layer(self, layer, k.shape[1:], v.shape[1:])
         if self.length[layer] == 0 and (self.k[layer].shape[1:] != k.shape[1:] or self.v[layer].shape[1:] != v.shape[1:]):
             # a layer with its own kv heads / head size (Gemma 4 global layers): its first store decides
             cap = self.k[layer].shape[0]
@@ -62,6 +69,7 @@ class NumpyKVCache:
 
     def read(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """K and V of positions 0..n: (n, n_kv_head, head_dim) float32."""
+        check_kv_layer(self, layer)
         if self.dtype == np.float32:
             return self.k[layer][:n], self.v[layer][:n]
         return self.k[layer][:n].astype(np.float32), self.v[layer][:n].astype(np.float32)
@@ -69,8 +77,22 @@ class NumpyKVCache:
     @property
     def nbytes(self) -> int:
         """Bytes the K/V of ``max_tokens`` positions take in this cache's storage type."""
-        per_pos = sum(a.shape[1] * a.shape[2] for a in (*self.k, *self.v))
+        per_pos = sum(a.shape[1] * a.shape[2] for a in (*self.k, *self.v) if a is not None)
         return per_pos * self.max_tokens * self.dtype.itemsize
+
+
+def check_kv_layer(cache, layer: int, k_shape: tuple | None = None, v_shape: tuple | None = None) -> None:
+    """A clear error for K/V of a layer the cache holds none for, or (declared per-layer caches: the
+    recipe's ``cache:`` is what memory planning counts) of another shape than declared. Shared by
+    NumpyKVCache and the GPU's GpuKVCache."""
+    if cache.k[layer] is None:
+        raise RocmforgeError(f"layer {layer} holds no K/V in this cache: the recipe's cache: if: leaves it out, "
+                             "but the layer runs attention")
+    if cache.fixed and k_shape is not None and (tuple(cache.k[layer].shape[1:]) != tuple(k_shape)
+                                                or tuple(cache.v[layer].shape[1:]) != tuple(v_shape)):
+        raise RocmforgeError(f"layer {layer} stores K {tuple(k_shape)} / V {tuple(v_shape)} per position, but the "
+                             f"recipe's cache: section declares {tuple(cache.k[layer].shape[1:])} / "
+                             f"{tuple(cache.v[layer].shape[1:])}")
 
 
 class NumpyFP8KVCache(NumpyKVCache):
@@ -79,12 +101,12 @@ class NumpyFP8KVCache(NumpyKVCache):
     are the file's (calibrated for e4m3fn; doubled for e4m3fnuz); a layer without one takes a
     dynamic scale from its first store (kv_dynamic_scale)."""
 
-    def __init__(self, n_layer, n_kv_head, dk, dv, max_tokens, flavour="fp8_e4m3fn", scales=None):
+    def __init__(self, n_layer, n_kv_head, dk, dv, max_tokens, flavour="fp8_e4m3fn", scales=None, layers=None):
         from ..quant.act import kv_flavour, kv_scale_for
 
         self.flavour = flavour
         self.dtype = kv_flavour(flavour)[0]
-        super().__init__(n_layer, n_kv_head, dk, dv, max_tokens)
+        super().__init__(n_layer, n_kv_head, dk, dv, max_tokens, layers=layers)
         scales = scales or {}
         self.k_scale = [kv_scale_for(flavour, scales[i][0]) if i in scales else None for i in range(n_layer)]
         self.v_scale = [kv_scale_for(flavour, scales[i][1]) if i in scales else None for i in range(n_layer)]
@@ -187,15 +209,16 @@ class NumpyBackend(NumpySSM, NumpyDelta, Backend):
             raise ValueError(f"unknown rope style {style!r}")
         return out
 
-    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, dtype="auto", scales=None):
+    def new_kv_cache(self, n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, dtype="auto", scales=None,
+                     layers=None):
         if dtype in ("fp8", "fp8_e4m3fn", "fp8_e4m3fnuz"):
             flavour = "fp8_e4m3fn" if dtype == "fp8" else dtype
-            return NumpyFP8KVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, flavour, scales)
+            return NumpyFP8KVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, flavour, scales, layers)
         if dtype not in ("auto", "f16", "f32"):
             raise ValueError(f"unknown KV cache dtype {dtype!r}; expected auto, f16, f32, fp8, fp8_e4m3fn "
                              "or fp8_e4m3fnuz")
         store = np.float16 if dtype == "f16" else np.float32
-        return NumpyKVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, store)
+        return NumpyKVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, store, layers)
 
     def new_paged_kv(self, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size):
         from .paged import NumpyPagedKV
