@@ -146,8 +146,16 @@ def test_fork_copies_and_reset_starts_over(mamba):
     assert s.cache is None
 
 
-def test_paged_engine_refuses_recurrent_models_clearly(mamba):
-    from rocmforge.errors import RocmforgeError
+def test_paged_model_step_gives_each_sequence_its_state(mamba):
+    """The serving engine's model step: prefill chunk then decodes through paged views == the full forward
+    (tests/engine/test_recurrent_engine.py drives the whole engine)."""
+    from rocmforge.engine.model_step import ModelStep, StepItem
 
-    with pytest.raises(RocmforgeError, match="recurrent state.*paged engine"):
-        mamba.executor.new_paged_cache(8, 16)
+    ids = [5, 6, 7, 8, 9, 10, 12]
+    step = ModelStep(mamba, num_blocks=8, block_size=4)
+    rows = [step.run([StepItem("s", ids[:4], 0, [3, 1], all_rows=True)])[0]]
+    rows += [step.run([StepItem("s", [t], p, [3, 1])])[0][None] for p, t in enumerate(ids[4:], 4)]
+    np.testing.assert_allclose(np.concatenate(rows), mamba.logits(ids), rtol=1e-4, atol=1e-5)
+    assert step.num_states == 1
+    step.release("s")
+    assert step.num_states == 0

@@ -46,7 +46,10 @@ class LLMEngine:
     ``model``: a rocmforge Model (its tokenizer's EOS ids stop requests unless ``ignore_eos``).
     The pool holds ``num_blocks`` blocks of ``block_size`` tokens, or as many as ``kv_cache_gb`` GiB
     hold, or by default ``max_num_seqs`` x min(max_model_len, 2048) tokens. ``model_step``: a stand-in
-    for the model (tests drive the scheduler with a fake one; ``model`` may then be None)."""
+    for the model (tests drive the scheduler with a fake one; ``model`` may then be None).
+
+    A recurrent model's requests each own a recurrent state in the model step (freed on the paths
+    that free their blocks); prefix caching is off for such a model."""
 
     def __init__(self, model, max_num_seqs: int = 16, max_model_len: int | None = None,
                  kv_cache_gb: float | None = None, num_blocks: int | None = None, block_size: int = 16,
@@ -227,6 +230,7 @@ class LLMEngine:
             extra={"kv_blocks_cached": float(self.pool.num_cached), "kv_block_evictions": float(self.pool.evictions),
                    "block_size": float(self.pool.block_size),
                    "prefix_caching": float(self.pool.enable_caching),
+                   "kv_cache_bytes": float(getattr(getattr(self.runner, "store", None), "nbytes", 0)),   # the pool
                    # recurrent models: one state per running sequence, freed with its KV blocks
                    "recurrent_states": float(getattr(self.runner, "num_states", 0)),
                    "recurrent_state_bytes": float(getattr(self.runner, "state_bytes", 0))})
