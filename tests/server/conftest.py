@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 
 
@@ -21,9 +23,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(smollm):
-    """A real ``python -m rocmforge serve smollm2`` process on 127.0.0.1: its base URL. Killed at the end."""
+@contextlib.contextmanager
+def serve_process(model: str, *args: str, startup_s: float = 120):
+    """A real ``python -m rocmforge serve MODEL ARGS...`` process on 127.0.0.1: its base URL. Killed on exit."""
     import os
     import subprocess
     import sys
@@ -34,13 +36,14 @@ def server(smollm):
 
     port = _free_port()
     root = Path(__file__).resolve().parents[2]
-    cmd = [sys.executable, "-m", "rocmforge", "serve", "smollm2", "--port", str(port), "--served-model-name",
-           "smol", "--max-model-len", "2048", "--max-num-seqs", "64", "--kv-cache-gb", "0.25"]
+    cmd = [sys.executable, "-m", "rocmforge", "serve", model, "--port", str(port), *args]
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"rocmforge-serve-{port}.log", "w+")
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(root)})
+                            # keep the caller's PYTHONPATH (the GPU machine puts its carried wheels there)
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                filter(None, [str(root), os.environ.get("PYTHONPATH")]))})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + startup_s
     try:
         while True:
             if proc.poll() is not None:
@@ -52,7 +55,8 @@ def server(smollm):
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("the server did not answer /health within 120 s")
+                log.seek(0)
+                pytest.fail(f"the server did not answer /health within {startup_s:g} s:\n{log.read()[-3000:]}")
             time.sleep(0.2)
         yield url
     finally:
@@ -63,6 +67,14 @@ def server(smollm):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server(smollm):
+    """``rocmforge serve smollm2`` on the CPU, served as "smol"."""
+    with serve_process("smollm2", "--served-model-name", "smol", "--max-model-len", "2048", "--max-num-seqs", "64",
+                       "--kv-cache-gb", "0.25") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
