@@ -1,7 +1,8 @@
 // paged_attention.hip -- KV append, decode attention and gather through a block table (paged KV).
 //
 // Layout: the pool of one layer is kc (n_blocks, bs, Hkv, Dk) and vc (n_blocks, bs, Hkv, Dv) as
-// f16 bits; one sequence's position j lives in row j % bs of block table[j / bs] (int32), i.e. at
+// f16 bits, or as FP8 codes (ATT_KV 1 E4M3FN / 2 E4M3FNUZ, rf_fp8.h: the same att_enc / att_ld as
+// attention.hip's contiguous cache, so both hold the same codes for the same values); one sequence's position j lives in row j % bs of block table[j / bs] (int32), i.e. at
 // slot = table[j / bs] * bs + j % bs. q (T, H, Dk) float32 holds queries at positions pos0 + t;
 // out (T, H, Dv) float32. Masks, softcap, ALiBi and sinks follow attention.hip's contract: query
 // at p sees keys j with lo <= j <= p, lo = max(0, p - window + 1) (window 0: 0), and with chunk > 0
@@ -10,15 +11,21 @@
 //
 // ATT_NEK = ceil(Dk / RF_WARP), ATT_NEV = ceil(Dv / RF_WARP): head elements per lane (lane l holds
 // elements l, l + RF_WARP, ...), passed with -D by the backend.
+// FP8 scales: a store writes att_enc(x, kscale / vscale) (the layer's scales); a read gives the code's
+// value times 2^(bias - 15), so the backend passes decode's scale = softmax scale * k_scale * 2^(15 - bias)
+// and vscale = v_scale * 2^(15 - bias) (both 1 for f16: scale is then the softmax scale alone).
 //
 // paged_kv_store: 1-D grid-stride over the T * Hkv * D elements of k (then v); element i of row t
-//   goes to slot(pos0 + t).
+//   goes to slot(pos0 + t), as att_enc(x, kscale) / att_enc(x, vscale).
 // paged_attn_decode: grid (H, T), block PA_NW warps. Query head h of query t; warp w takes keys
 //   lo + w, lo + w + PA_NW, ... reading each through the table (no gather copy), keeps an online
-//   softmax (m, l, acc), then warp 0 merges the PA_NW partial states through shared memory.
-// paged_kv_gather: 1-D grid-stride; rows 0..n of the sequence into contiguous (n, Hkv, D) f16
-//   buffers, for the tiled prefill kernel of attention.hip.
+//   softmax (m, l, acc), then warp 0 merges the PA_NW partial states through shared memory and
+//   writes o / L * vscale.
+// paged_kv_gather: 1-D grid-stride; rows 0..n of the sequence into contiguous (n, Hkv, D) buffers of
+//   the pool's element (f16 bits or codes, copied as they are), for the tiled prefill kernel of
+//   attention.hip (built with the same ATT_KV, reading them with the same factors).
 #include "rf_common.h"
+#include "rf_fp8.h"
 
 #ifndef ATT_NEK
 #define ATT_NEK 4
@@ -33,22 +40,22 @@ RF_DEV rf_i64 pa_slot(const int* __restrict__ table, rf_i64 j, int bs) {
 }
 
 extern "C" __global__ void paged_kv_store(const float* __restrict__ k, const float* __restrict__ v,
-                                          rf_u16* __restrict__ kc, rf_u16* __restrict__ vc,
+                                          att_kv_t* __restrict__ kc, att_kv_t* __restrict__ vc,
                                           const int* __restrict__ table, rf_i64 n_tok, rf_i64 pos0,
-                                          rf_i64 kstride, rf_i64 vstride, int bs) {
+                                          rf_i64 kstride, rf_i64 vstride, int bs, float kscale, float vscale) {
     for (rf_i64 i = rf_gid(); i < n_tok * kstride; i += rf_gstride()) {
         const rf_i64 t = i / kstride, e = i % kstride;
-        kc[pa_slot(table, pos0 + t, bs) * kstride + e] = rf_f2h(k[i]);
+        kc[pa_slot(table, pos0 + t, bs) * kstride + e] = att_enc(k[i], kscale);
     }
     for (rf_i64 i = rf_gid(); i < n_tok * vstride; i += rf_gstride()) {
         const rf_i64 t = i / vstride, e = i % vstride;
-        vc[pa_slot(table, pos0 + t, bs) * vstride + e] = rf_f2h(v[i]);
+        vc[pa_slot(table, pos0 + t, bs) * vstride + e] = att_enc(v[i], vscale);
     }
 }
 
-extern "C" __global__ void paged_kv_gather(const rf_u16* __restrict__ kc, const rf_u16* __restrict__ vc,
-                                           const int* __restrict__ table, rf_u16* __restrict__ kout,
-                                           rf_u16* __restrict__ vout, rf_i64 n, rf_i64 kstride, rf_i64 vstride,
+extern "C" __global__ void paged_kv_gather(const att_kv_t* __restrict__ kc, const att_kv_t* __restrict__ vc,
+                                           const int* __restrict__ table, att_kv_t* __restrict__ kout,
+                                           att_kv_t* __restrict__ vout, rf_i64 n, rf_i64 kstride, rf_i64 vstride,
                                            int bs) {
     for (rf_i64 i = rf_gid(); i < n * kstride; i += rf_gstride())
         kout[i] = kc[pa_slot(table, i / kstride, bs) * kstride + i % kstride];
@@ -56,11 +63,12 @@ extern "C" __global__ void paged_kv_gather(const rf_u16* __restrict__ kc, const 
         vout[i] = vc[pa_slot(table, i / vstride, bs) * vstride + i % vstride];
 }
 
-extern "C" __global__ void paged_attn_decode(const float* __restrict__ q, const rf_u16* __restrict__ kc,
-                                             const rf_u16* __restrict__ vc, const int* __restrict__ table,
+extern "C" __global__ void paged_attn_decode(const float* __restrict__ q, const att_kv_t* __restrict__ kc,
+                                             const att_kv_t* __restrict__ vc, const int* __restrict__ table,
                                              float* __restrict__ out, int T, int H, int Hkv, int Dk, int Dv,
                                              int pos0, int window, float scale, float cap, int chunk, int bs,
-                                             const float* __restrict__ slopes, const float* __restrict__ sinks) {
+                                             const float* __restrict__ slopes, const float* __restrict__ sinks,
+                                             float vscale) {
     __shared__ float s_m[PA_NW], s_l[PA_NW];
     __shared__ float s_acc[PA_NW][ATT_NEV * RF_WARP];
     const int h = blockIdx.x, t = blockIdx.y;
@@ -83,13 +91,13 @@ extern "C" __global__ void paged_attn_decode(const float* __restrict__ q, const 
 
     for (int j = lo + w; j <= p; j += PA_NW) {
         const rf_i64 slot = pa_slot(table, j, bs);
-        const rf_u16* kp = kc + (slot * Hkv + kvh) * (rf_i64)Dk;
-        const rf_u16* vp = vc + (slot * Hkv + kvh) * (rf_i64)Dv;
+        const att_kv_t* kp = kc + (slot * Hkv + kvh) * (rf_i64)Dk;
+        const att_kv_t* vp = vc + (slot * Hkv + kvh) * (rf_i64)Dv;
         float s = 0.f;
 #pragma unroll
         for (int i = 0; i < ATT_NEK; ++i) {
             const int e = lane + i * RF_WARP;
-            if (e < Dk) s += qv[i] * rf_h2f(kp[e]);
+            if (e < Dk) s += qv[i] * att_ld(kp[e]);
         }
         s = rf_warp_sum(s);
         if (cap > 0.f) s = cap * tanhf(s / cap);
@@ -101,7 +109,7 @@ extern "C" __global__ void paged_attn_decode(const float* __restrict__ q, const 
 #pragma unroll
         for (int i = 0; i < ATT_NEV; ++i) {
             const int e = lane + i * RF_WARP;
-            acc[i] = acc[i] * corr + (e < Dv ? pe * rf_h2f(vp[e]) : 0.f);
+            acc[i] = acc[i] * corr + (e < Dv ? pe * att_ld(vp[e]) : 0.f);
         }
         m = mn;
     }
@@ -127,6 +135,6 @@ extern "C" __global__ void paged_attn_decode(const float* __restrict__ q, const 
         if (e >= Dv) continue;
         float o = 0.f;
         for (int k = 0; k < PA_NW; ++k) o += s_acc[k][e] * f[k];
-        out[((rf_i64)t * H + h) * Dv + e] = o / L;
+        out[((rf_i64)t * H + h) * Dv + e] = o / L * vscale;
     }
 }

@@ -269,14 +269,15 @@ class Executor:
         """A paged KV store of ``num_blocks`` blocks shared by many sequences (rocmforge.backends.paged).
 
         It holds KV only: a recurrent model's per-sequence state comes from ``new_state`` (the engine's
-        model step hangs one on each sequence's view as ``view.state``)."""
-        if self.kv_cache_dtype.startswith("fp8"):
-            raise RocmforgeError("the paged engine has no FP8 KV cache yet (kv_cache_dtype "
-                                 f"{self.kv_cache_dtype!r}); use kv_cache_dtype='f16' (or 'auto' for a model "
-                                 "without KV scales), or Session / generate for FP8")
+        model step hangs one on each sequence's view as ``view.state``). FP8 (kv_cache_dtype fp8*): codes
+        with the file's per-layer scales, else a fixed 1.0 per layer (rocmforge.quant.act.kv_pool_scales:
+        the pool is shared, so no request's scale may come from its own first store)."""
         dims = self.cache_dims()
+        kv = {}
+        if self.kv_cache_dtype.startswith("fp8"):     # backends without the options keep working
+            kv = {"dtype": self.kv_cache_dtype, "scales": self.kv_scales}
         return self.backend.new_paged_kv(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
-                                         dims["head_dim_v"], num_blocks, block_size)
+                                         dims["head_dim_v"], num_blocks, block_size, **kv)
 
     def _run(self, steps: list[dict], ctx: Context) -> None:
         for step in steps:

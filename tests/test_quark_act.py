@@ -188,6 +188,8 @@ def test_fp8_kv_cache_is_applied(llama_export):
     s.feed(IDS)
     assert s.cache.k[0].dtype == np.dtype(ml_dtypes.float8_e4m3fnuz)
     assert s.cache.k_scale[0] == pytest.approx(2 * fnuz.kv_scales[0][0])
+    pool = fnuz.executor.new_paged_cache(2, 4)                 # the serve engine's pool: the same scales
+    assert pool.k_scale == s.cache.k_scale and pool.v_scale == s.cache.v_scale
 
 
 @pytest.mark.slow
@@ -268,8 +270,8 @@ def test_fp8_kv_for_a_float_model_with_dynamic_scales(tmp_path):
     assert _load(folder, kv_cache_dtype="f16").kv_cache_bytes(64) * 2 == m.kv_cache_bytes(64) * 4
     with pytest.raises(RocmforgeError, match="kv_cache_dtype 'fp4'"):
         _load(folder, kv_cache_dtype="fp4")
-    with pytest.raises(RocmforgeError, match="paged engine has no FP8 KV cache"):
-        m.executor.new_paged_cache(4, 16)
+    pool = m.executor.new_paged_cache(4, 16)          # the serve engine's pool: fixed scales (tests/engine)
+    assert pool.flavour == "fp8_e4m3fn" and pool.k_scale == [1.0] * m.hparams["n_layer"]
 
 
 def test_unsupported_activation_scheme_is_refused():

@@ -1,10 +1,13 @@
-"""The GPU backend's paged KV cache (a mixin of CupyBackend, ahead of CupyAttention): fp16 block pools
-and the kernels of kernels/paged_attention.hip.
+"""The GPU backend's paged KV cache (a mixin of CupyBackend, ahead of CupyAttention): fp16 block pools,
+or FP8 codes (uint8) with one scale per layer and tensor, and the kernels of kernels/paged_attention.hip.
 
 ``attention`` and ``kv_read`` take a paged view (rocmforge.backends.paged.PagedKVView) where they
 take a contiguous cache, and hand anything else to CupyAttention. Decode (up to DECODE_MAX_T
 queries) walks the block table in the kernel, no copy; a longer prefill gathers the sequence's
-rows into one contiguous fp16 buffer and runs attention.hip's tiled prefill kernel on it. Every
+rows into one contiguous buffer (fp16 or codes, as stored) and runs attention.hip's tiled prefill
+kernel on it, built for the same element. FP8 pools encode exactly as the contiguous GpuKVCache
+(att_enc of kernels/rf_fp8.h) with the scales of rocmforge.quant.act.kv_pool_scales (the file's, else
+a fixed 1.0 per layer, as the NumPy paged store: never a first store's). Every
 attention option of the contiguous path works (window, chunk, softcap, ALiBi, sinks, GQA, Dv !=
 Dk). Captured decode graphs are not used with paged caches (the engine runs eager steps).
 """
@@ -14,30 +17,41 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DeviceError, RocmforgeError
-from .cupy_attention import DECODE_MAX_T
+from .cupy_attention import DECODE_MAX_T, FP8_KV, GpuKVCache
 from .paged import PagedKVView
 
 PA_NW = 4      # warps per paged_attn_decode block (kernels/paged_attention.hip)
 
 
 class GpuPagedKV:
-    """K and V pools of every layer, (num_blocks, block_size, n_kv_head, head_dim) fp16, allocated up front.
+    """K and V pools of every layer, (num_blocks, block_size, n_kv_head, head_dim), allocated up front:
+    fp16, or FP8 codes of ``flavour`` (fp8_e4m3fn / fp8_e4m3fnuz) with the per-layer scales of
+    rocmforge.quant.act.kv_pool_scales (``scales``: the file's, calibrated for e4m3fn; else 1.0).
 
     A layer whose K/V differ from the model default (per-layer head sizes) gets pools of its own
     shape at its first store."""
 
-    def __init__(self, cp, n_layer, n_kv_head, dk, dv, num_blocks, block_size):
+    # the kernels' ATT_KV and the scale factors of a read code, as the contiguous cache has them
+    defines = GpuKVCache.defines
+    factors = GpuKVCache.factors
+
+    def __init__(self, cp, n_layer, n_kv_head, dk, dv, num_blocks, block_size, flavour=None, scales=None):
+        from ..quant.act import kv_pool_scales
+
         self.cp = cp
         self.n_layer, self.num_blocks, self.block_size = int(n_layer), int(num_blocks), int(block_size)
-        self.k = [cp.empty((num_blocks, block_size, n_kv_head, dk), cp.float16) for _ in range(n_layer)]
-        self.v = [cp.empty((num_blocks, block_size, n_kv_head, dv), cp.float16) for _ in range(n_layer)]
+        self.flavour = flavour
+        self.elem = cp.uint8 if flavour else cp.float16
+        self.k_scale, self.v_scale = kv_pool_scales(flavour, self.n_layer, scales) if flavour else (None, None)
+        self.k = [cp.empty((num_blocks, block_size, n_kv_head, dk), self.elem) for _ in range(n_layer)]
+        self.v = [cp.empty((num_blocks, block_size, n_kv_head, dv), self.elem) for _ in range(n_layer)]
         self._written = [False] * self.n_layer
 
     def layer(self, layer: int, k_shape: tuple, v_shape: tuple):
         if not self._written[layer]:
             if tuple(self.k[layer].shape[2:]) != tuple(k_shape) or tuple(self.v[layer].shape[2:]) != tuple(v_shape):
-                self.k[layer] = self.cp.empty((self.num_blocks, self.block_size, *k_shape), self.cp.float16)
-                self.v[layer] = self.cp.empty((self.num_blocks, self.block_size, *v_shape), self.cp.float16)
+                self.k[layer] = self.cp.empty((self.num_blocks, self.block_size, *k_shape), self.elem)
+                self.v[layer] = self.cp.empty((self.num_blocks, self.block_size, *v_shape), self.elem)
             self._written[layer] = True
         return self.k[layer], self.v[layer]
 
@@ -54,13 +68,40 @@ class GpuPagedKV:
     def view(self, table=(), max_tokens=None) -> PagedKVView:
         return PagedKVView(self, table, max_tokens)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the K and V pools take."""
+        return int(sum(a.nbytes for a in (*self.k, *self.v)))
+
+    def decode(self, layer: int, k, v):
+        """Stored K/V rows (as gathered) as float32: f16 widened, FP8 codes read through their f16 bit
+        pattern (exact, as the kernels' att_ld) times the layer's scale and 2^(15 - bias)."""
+        cp = self.cp
+        if not self.flavour:
+            return cp.ascontiguousarray(k, dtype=cp.float32), cp.ascontiguousarray(v, dtype=cp.float32)
+        kf, vf = self.factors(layer)
+
+        def f16_bits(c):
+            c = c.astype(cp.uint16)
+            bits = (((c & 0x7F) << 7) | ((c & 0x80) << 8)).astype(cp.uint16, copy=False)
+            return bits.view(cp.float16).astype(cp.float32)
+
+        return f16_bits(k) * np.float32(kf), f16_bits(v) * np.float32(vf)
+
 
 class CupyPaged:
     kv_bytes = 2
 
-    def new_paged_kv(self, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size):
+    def new_paged_kv(self, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size, dtype="auto",
+                     scales=None):
+        if dtype == "fp8":
+            dtype = self.fp8_kv_flavour
+        if dtype not in ("auto", "f16", *FP8_KV):
+            raise ValueError(f"unknown KV cache dtype {dtype!r}; expected auto, f16, fp8, {', '.join(FP8_KV)}")
+        flavour = dtype if dtype in FP8_KV else None
         try:
-            return GpuPagedKV(self.cp, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size)
+            return GpuPagedKV(self.cp, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size,
+                              flavour, scales)
         except self.cp.cuda.memory.OutOfMemoryError as exc:
             raise DeviceError(f"out of GPU memory for a paged KV pool of {num_blocks} blocks of {block_size} "
                               f"tokens ({exc}); ask for a smaller --kv-cache-gb") from None
@@ -84,36 +125,44 @@ class CupyPaged:
         cache.check(layer, end)
         if H % Hkv:
             raise RocmforgeError(f"attention: {H} query heads do not group over {Hkv} kv heads")
-        kc, vc = cache.pool.layer(layer, k.shape[1:], v.shape[1:])
+        pool = cache.pool
+        kc, vc = pool.layer(layer, k.shape[1:], v.shape[1:])
         table = self._table(cache)
         bs = cache.block_size
+        kvdefs = pool.defines
+        ks, vs = (pool.k_scale[layer], pool.v_scale[layer]) if pool.flavour else (1.0, 1.0)
         self._launch("paged_attention.hip", "paged_kv_store", (self._grid1d(max(k.size, v.size)),), (256,),
                      (k, v, kc, vc, table, np.int64(T), np.int64(pos0), np.int64(Hkv * Dk), np.int64(Hkv * Dv),
-                      np.int32(bs)))
+                      np.int32(bs), np.float32(ks), np.float32(vs)), kvdefs)
+        kf, vf = pool.factors(layer)
         cache.length[layer] = end
         slopes = self._head_vector(alibi, H, "alibi slopes")
         sink = self._head_vector(sinks, H, "attention sinks")
         g, defs = self._att_defines(H, Hkv, Dk, Dv)
+        defs += kvdefs
         out = self._out((T, H, Dv))
         common = (np.int32(T), np.int32(H), np.int32(Hkv), np.int32(Dk), np.int32(Dv), np.int32(pos0),
-                  np.int32(window or 0), np.float32(scale), np.float32(softcap or 0.0))
+                  np.int32(window or 0), np.float32(scale * kf), np.float32(softcap or 0.0))
         if T <= DECODE_MAX_T:
             pdefs = tuple(d for d in defs if d[0] != "ATT_G")
             self._launch("paged_attention.hip", "paged_attn_decode", (H, T), (PA_NW * self.warp,),
-                         (q, kc, vc, table, out) + common + (np.int32(chunk or 0), np.int32(bs), slopes, sink), pdefs)
+                         (q, kc, vc, table, out) + common + (np.int32(chunk or 0), np.int32(bs), slopes, sink,
+                                                             np.float32(vf)), pdefs)
             return out
-        kg, vg = self._gather(kc, vc, table, end, Hkv * Dk, Hkv * Dv, bs)
+        kg, vg = self._gather(kc, vc, table, end, Hkv * Dk, Hkv * Dv, bs, kvdefs)
         hblocks = Hkv * ((H // Hkv) // g)
         self._launch("attention.hip", "attn_prefill", (hblocks, -(-T // 8)), (8 * self.warp,),
-                     (q, kg, vg, out) + common + (np.int32(chunk or 0), slopes, sink, np.float32(1.0)), defs)
+                     (q, kg, vg, out) + common + (np.int32(chunk or 0), slopes, sink, np.float32(vf)), defs)
         return out
 
-    def _gather(self, kc, vc, table, n, kstride, vstride, bs):
+    def _gather(self, kc, vc, table, n, kstride, vstride, bs, kvdefs=()):
+        """Rows 0..n of a sequence into contiguous buffers of the pool's element (f16, or FP8 codes)."""
         cp = self.cp
-        kg = cp.empty((n, *kc.shape[2:]), cp.float16)
-        vg = cp.empty((n, *vc.shape[2:]), cp.float16)
+        kg = cp.empty((n, *kc.shape[2:]), kc.dtype)
+        vg = cp.empty((n, *vc.shape[2:]), vc.dtype)
         self._launch("paged_attention.hip", "paged_kv_gather", (self._grid1d(n * max(kstride, vstride)),), (256,),
-                     (kc, vc, table, kg, vg, np.int64(n), np.int64(kstride), np.int64(vstride), np.int32(bs)))
+                     (kc, vc, table, kg, vg, np.int64(n), np.int64(kstride), np.int64(vstride), np.int32(bs)),
+                     kvdefs)
         return kg, vg
 
     def kv_read(self, cache, layer, pos0, n):
@@ -122,8 +171,8 @@ class CupyPaged:
         if pos0 + n > cache.length[layer]:
             raise RocmforgeError(f"layer {layer} of the KV cache holds {cache.length[layer]} positions, "
                                  f"not {pos0 + n}: a sharing layer must run after the layer it shares")
-        kc, vc = cache.pool.k[layer], cache.pool.v[layer]
+        pool = cache.pool
+        kc, vc = pool.k[layer], pool.v[layer]
         kg, vg = self._gather(kc, vc, self._table(cache), pos0 + n, int(np.prod(kc.shape[2:])),
-                              int(np.prod(vc.shape[2:])), cache.block_size)
-        cp = self.cp
-        return cp.ascontiguousarray(kg[pos0:], dtype=cp.float32), cp.ascontiguousarray(vg[pos0:], dtype=cp.float32)
+                              int(np.prod(vc.shape[2:])), cache.block_size, pool.defines)
+        return pool.decode(layer, kg[pos0:], vg[pos0:])

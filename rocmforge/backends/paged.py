@@ -58,6 +58,7 @@ class PagedKVView:
         self.check(layer, end)
         kp, vp = self.pool.layer(layer, k.shape[1:], v.shape[1:])
         rows = self.slots(pos0, k.shape[0])
+        k, v = self.pool.encode(layer, k, v)
         kp.reshape(-1, *kp.shape[2:])[rows] = k
         vp.reshape(-1, *vp.shape[2:])[rows] = v
         self.length[layer] = end
@@ -69,28 +70,59 @@ class PagedKVView:
         blocks = self.table[:nb]
         keys = kp[blocks].reshape(nb * self.block_size, *kp.shape[2:])[:n]
         vals = vp[blocks].reshape(nb * self.block_size, *vp.shape[2:])[:n]
-        return keys, vals
+        return self.pool.decode(layer, keys, vals)
 
 
 class NumpyPagedKV:
-    """K and V pools of every layer, (num_blocks, block_size, n_kv_head, head_dim) float32.
+    """K and V pools of every layer, (num_blocks, block_size, n_kv_head, head_dim): float32, or FP8
+    codes of ``flavour`` (fp8_e4m3fn / fp8_e4m3fnuz, ml_dtypes arrays) with one scale per layer and
+    tensor from rocmforge.quant.act.kv_pool_scales (the file's ``scales``, else a fixed 1.0: the pool
+    is shared, so no scale may depend on which request stored first). value = code * scale.
 
     A layer whose K/V differ from the model default (per-layer head sizes) gets pools of its own
     shape at its first store, while nothing has been written to it yet."""
 
-    def __init__(self, n_layer: int, n_kv_head: int, dk: int, dv: int, num_blocks: int, block_size: int):
+    def __init__(self, n_layer: int, n_kv_head: int, dk: int, dv: int, num_blocks: int, block_size: int,
+                 flavour: str | None = None, scales: dict | None = None):
+        from ..quant.act import kv_flavour, kv_pool_scales
+
         self.n_layer, self.num_blocks, self.block_size = n_layer, num_blocks, block_size
-        self.k = [np.zeros((num_blocks, block_size, n_kv_head, dk), np.float32) for _ in range(n_layer)]
-        self.v = [np.zeros((num_blocks, block_size, n_kv_head, dv), np.float32) for _ in range(n_layer)]
+        self.flavour = flavour
+        self.dtype = np.dtype(kv_flavour(flavour)[0] if flavour else np.float32)
+        self.k_scale, self.v_scale = kv_pool_scales(flavour, n_layer, scales) if flavour else (None, None)
+        self.k = [np.zeros((num_blocks, block_size, n_kv_head, dk), self.dtype) for _ in range(n_layer)]
+        self.v = [np.zeros((num_blocks, block_size, n_kv_head, dv), self.dtype) for _ in range(n_layer)]
         self._written = [False] * n_layer
 
     def layer(self, layer: int, k_shape: tuple, v_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
         if not self._written[layer]:
             if self.k[layer].shape[2:] != tuple(k_shape) or self.v[layer].shape[2:] != tuple(v_shape):
-                self.k[layer] = np.zeros((self.num_blocks, self.block_size, *k_shape), np.float32)
-                self.v[layer] = np.zeros((self.num_blocks, self.block_size, *v_shape), np.float32)
+                self.k[layer] = np.zeros((self.num_blocks, self.block_size, *k_shape), self.dtype)
+                self.v[layer] = np.zeros((self.num_blocks, self.block_size, *v_shape), self.dtype)
             self._written[layer] = True
         return self.k[layer], self.v[layer]
+
+    def encode(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """K/V rows as the pool stores them (FP8: codes of x / scale, rocmforge.quant.act.kv_encode)."""
+        if not self.flavour:
+            return k, v
+        from ..quant.act import kv_encode
+
+        return (kv_encode(k, self.k_scale[layer], self.flavour),
+                kv_encode(v, self.v_scale[layer], self.flavour))
+
+    def decode(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored K/V rows as float32."""
+        if not self.flavour:
+            return k, v
+        from ..quant.act import kv_decode
+
+        return kv_decode(k, self.k_scale[layer]), kv_decode(v, self.v_scale[layer])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the K and V pools take."""
+        return int(sum(a.nbytes for a in (*self.k, *self.v)))
 
     def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Copy-on-write: block dst becomes a copy of block src in every layer."""

@@ -16,8 +16,11 @@ def add_model_args(p, device: bool = True) -> None:
                             "gpu (CuPy: ROCm or CUDA), auto (GPU when CuPy sees one)")
         p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "f16", "fp8"],
                        help="KV cache storage: auto (FP8 with the file's scales when it has them, e.g. AMD "
-                            "Quark KV-FP8 exports; else float), f16, fp8 (half of f16; dynamic per-layer "
-                            "scales when the file has none; not yet on the GPU or the serve engine)")
+                            "Quark KV-FP8 exports; else float), f16, fp8 (one byte per value: half of f16; the "
+                            "device's flavour, e4m3fnuz on MI300, else e4m3fn; per-layer scales from the file, "
+                            "else run/chat/bench take a dynamic scale from each layer's first store and serve "
+                            "(a pool shared by requests) a fixed 1.0 per layer, as vLLM does; serve: twice "
+                            "the blocks of f16 for the same --kv-cache-gb)")
 
 
 def add_sampling_args(p) -> None:

@@ -75,6 +75,18 @@ def engine_kwargs(args) -> dict:
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
+def kv_cache_summary(engine) -> str:
+    """The paged KV pool in one line: storage type, blocks, bytes (also /metrics rocmforge:kv_cache_bytes)."""
+    store, pool = engine.runner.store, engine.pool
+    flavour = getattr(store, "flavour", None)
+    elem = flavour or str(next((a.dtype for a in store.k if a is not None), "none"))
+    scales = ""
+    if flavour:
+        scales = ", the file's scales" if engine.model.kv_scales else ", a fixed scale of 1.0 per layer (no file's)"
+    return (f"KV cache {elem}{scales}: {pool.num_blocks} blocks of {pool.block_size} tokens, "
+            f"{store.nbytes / (1 << 20):.1f} MiB ({store.nbytes} bytes)")
+
+
 def serve_app(app, host: str, port: int, log_level: str = "warning") -> None:
     import uvicorn
 
@@ -103,5 +115,6 @@ def run(args) -> int:
     app = create_app(engine, model, served_model_name=name, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
     print(f"rocmforge: serving {model.path} as {name!r} ({model.arch} on {model.backend.name}) "
           f"at http://{args.host}:{args.port}/v1", flush=True)
+    print(f"rocmforge: {kv_cache_summary(engine.engine)}", flush=True)
     serve_app(app, args.host, args.port, args.log_level)
     return 0

@@ -38,7 +38,8 @@ def kv_bytes_per_block(model, block_size: int) -> int:
     """Bytes one block takes across all layers at the model's default K/V shape (0: a model that keeps no KV,
     e.g. Mamba)."""
     dims = model.executor.cache_dims()
-    per_token = dims["n_head_kv"] * (dims["head_dim"] + dims["head_dim_v"]) * model.backend.kv_bytes
+    per_elem = 1 if model.kv_cache_dtype.startswith("fp8") else model.backend.kv_bytes   # FP8: 1 byte
+    per_token = dims["n_head_kv"] * (dims["head_dim"] + dims["head_dim_v"]) * per_elem
     return per_token * int(model.hparams["n_layer"]) * block_size
 
 

@@ -169,6 +169,23 @@ def kv_scale_for(flavour: str, scale_fn: float) -> float:
     return float(scale_fn) * (2.0 if flavour == "fp8_e4m3fnuz" else 1.0)
 
 
+KV_POOL_SCALE = 1.0       # a shared (paged) FP8 KV pool's scale for a layer the file gives none
+
+
+def kv_pool_scales(flavour: str, n_layer: int, scales: dict | None = None) -> tuple[list[float], list[float]]:
+    """Per-layer (k_scales, v_scales) of a paged FP8 KV pool, one store shared by many requests.
+
+    The file's scales ({layer: (k_scale, v_scale)}, calibrated for e4m3fn) where it has them, else a
+    fixed KV_POOL_SCALE = 1.0, as vLLM does without calibrated scales: never a dynamic scale from a
+    first store, which would make one request's output depend on which request came first. Both
+    are e4m3fn scales, so e4m3fnuz doubles them (kv_scale_for): its codes then cover the same range.
+    The NumPy and GPU paged stores both take their scales from here."""
+    scales = scales or {}
+    k = [kv_scale_for(flavour, scales[i][0] if i in scales else KV_POOL_SCALE) for i in range(n_layer)]
+    v = [kv_scale_for(flavour, scales[i][1] if i in scales else KV_POOL_SCALE) for i in range(n_layer)]
+    return k, v
+
+
 def kv_encode(x: np.ndarray, scale: float, flavour: str) -> np.ndarray:
     """fp8 codes (ml_dtypes array) of x / scale, saturated at the flavour's max."""
     elem, fmax = kv_flavour(flavour)
