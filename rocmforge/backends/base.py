@@ -87,7 +87,10 @@ class Backend(ABC):
     def new_paged_kv(self, n_layer: int, n_kv_head: int, head_dim_k: int, head_dim_v: int, num_blocks: int,
                      block_size: int) -> Any:
         """A paged KV store shared by many sequences (rocmforge.backends.paged); ``store.view(table)``
-        is one sequence's cache, accepted by :meth:`attention` and :meth:`kv_read` like a contiguous one."""
+        is one sequence's cache, accepted by :meth:`attention` and :meth:`kv_read` like a contiguous one.
+
+        Backends with an FP8 pool take ``dtype`` and ``scales`` as :meth:`new_kv_cache` does (passed only
+        for fp8); a layer without a file scale gets a fixed one (rocmforge.quant.act.kv_pool_scales)."""
         raise NotImplementedError(f"the {self.name} backend has no paged KV cache")
 
     @abstractmethod

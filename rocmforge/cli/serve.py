@@ -82,7 +82,8 @@ def kv_cache_summary(engine) -> str:
     elem = flavour or str(next((a.dtype for a in store.k if a is not None), "none"))
     scales = ""
     if flavour:
-        scales = ", the file's scales" if engine.model.kv_scales else ", a fixed scale of 1.0 per layer (no file's)"
+        scales = (", the file's scales" if engine.model.kv_scales
+                  else ", a fixed scale of 1.0 per layer (the file has none)")
     return (f"KV cache {elem}{scales}: {pool.num_blocks} blocks of {pool.block_size} tokens, "
             f"{store.nbytes / (1 << 20):.1f} MiB ({store.nbytes} bytes)")
 
