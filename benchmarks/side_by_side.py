@@ -219,7 +219,7 @@ def wait_build(proc, build: Path, logfile: Path, t0: float) -> Path:
         sys.stderr.write(Path(logfile).read_text(errors="replace")[-6000:])
         raise SystemExit(f"building llama.cpp failed (exit {proc.returncode}); the whole log is {logfile}")
     binary = bench_binary(build)
-    log(f"[build] done in {time.time() - t0:.0f} s: {binary}")
+    log(f"[build] done in {time.time() - t0:.0f} s: {build / 'bin'}")
     return binary
 
 

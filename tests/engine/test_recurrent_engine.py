@@ -167,19 +167,41 @@ def test_a_state_cannot_start_past_position_zero(model):
         step.run([StepItem("s", P[4:6], 4, [0, 1])])
 
 
+def greedy_with_margins(model, prompt, n=8):
+    """CPU greedy tokens and, per step, the gap between the best two logits."""
+    ids, toks, gaps = list(prompt), [], []
+    for _ in range(n):
+        row = np.asarray(model.logits(ids)[-1], np.float64)
+        top = np.sort(row)[::-1]
+        toks.append(int(np.argmax(row)))
+        gaps.append(float(top[0] - top[1]))
+        ids.append(toks[-1])
+    return toks, gaps
+
+
+def agreed_prefix(got, want, gaps, tie=1e-3):
+    """How many tokens ``got`` must match: ``want`` up to its first near-tie (the tiny random models'
+    logits spread ~0.16, and fp16 KV moves a logit by ~1e-4: a closer pair may flip either way)."""
+    n = next((i for i, g in enumerate(gaps) if g < tie), len(gaps))
+    assert got[:n] == want[:n], (got, want, gaps)
+    return n
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch,name", MODELS, ids=[n for _, n in MODELS])
 def test_gpu_engine_recurrent_batch_equals_cpu_generate(tiny_model, arch, name):
     gpu, cpu = tiny_model(arch, name, device="gpu"), tiny_model(arch, name)
     ps = prompts(3)
-    ref = [alone_tokens(cpu, p) for p in ps]
+    ref = [greedy_with_margins(cpu, p) for p in ps]
     eng = LLMEngine(gpu, max_num_seqs=4, num_blocks=32, block_size=4, max_num_batched_tokens=8)
     out = eng.run_to_completion([greedy(f"r{i}", p) for i, p in enumerate(ps)])
-    # float32 state on the GPU, fp16 KV: the tiny models' greedy choices are far enough apart to agree
-    assert [tokens(out[f"r{i}"]) for i in range(3)] == ref
+    # float32 state on the GPU, fp16 KV: tokens agree up to each prompt's first near-tie (qwen3_5-hybrid's
+    # first prompt starts with two logits equal to 1e-5, where the GPU once picked the other one)
+    compared = sum(agreed_prefix(tokens(out[f"r{i}"]), *ref[i]) for i in range(3))
+    assert compared >= 12, f"only {compared} of 24 tokens were clear of near-ties: the test compares too little"
     assert states(eng) == (0, 0) and eng.stats().kv_blocks_used == 0
     alone = LLMEngine(gpu, max_num_seqs=4, num_blocks=32, block_size=4)
-    assert tokens(alone.run_to_completion([greedy("x", ps[1])])["x"]) == ref[1]
+    agreed_prefix(tokens(alone.run_to_completion([greedy("x", ps[1])])["x"]), *ref[1])
 
 
 def test_states_are_separate_arrays_per_sequence(model):
