@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -54,6 +56,32 @@ async def _collect(deltas: AsyncIterator[Delta], plan: plans.Plan) -> tuple[dict
     except EngineFailure as exc:
         raise APIError(f"generation failed: {exc}", status=500) from None
     return out, usage
+
+
+_DISCONNECT_POLL_S = 0.25    # how often a non-streaming request checks that its client is still there
+
+
+async def _collect_while_connected(request: Request, deltas: AsyncIterator[Delta], plan: plans.Plan):
+    """_collect, given up the moment the client goes away: cancelling it aborts its engine requests,
+    whose blocks (and recurrent state) are freed at once. Without this a non-streaming request whose
+    client timed out or died would generate all its max_tokens for nobody."""
+    work = asyncio.ensure_future(_collect(deltas, plan))
+    watch = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if work in done:
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    raise APIError("the client disconnected before the completion was ready", status=499)
+
+
+async def _client_gone(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(_DISCONNECT_POLL_S)
 
 
 async def _stream(deltas: AsyncIterator[Delta], plan: plans.Plan, chunk, include_usage: bool, tail):
@@ -112,7 +140,7 @@ async def completions(body: CompletionRequest, request: Request):
         return StreamingResponse(_stream(deltas, plan, chunk, _include_usage(body),
                                          lambda u: {**head, "choices": [], "usage": u.body()}),
                                  media_type="text/event-stream")
-    out, usage = await _collect(deltas, plan)
+    out, usage = await _collect_while_connected(request, deltas, plan)
     choices = []
     for i, c in out.items():
         prefix = echo.get(i // plan.n, "")
@@ -155,7 +183,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         return StreamingResponse(_stream(deltas, plan, chunk, _include_usage(body),
                                          lambda u: {**head, "choices": [], "usage": u.body()}),
                                  media_type="text/event-stream")
-    out, usage = await _collect(deltas, plan)
+    out, usage = await _collect_while_connected(request, deltas, plan)
     choices = [{"index": i, "message": {"role": "assistant", "content": "".join(c["text"])},
                 "logprobs": {"content": chat_logprobs(c["tokens"], st.token_text)} if k is not None else None,
                 "finish_reason": c["finish"]} for i, c in out.items()]

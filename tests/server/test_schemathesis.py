@@ -21,6 +21,8 @@ def bounded(body):
         for key in ("max_tokens", "max_completion_tokens"):
             if isinstance(body.get(key), int) and not isinstance(body[key], bool) and body[key] > 3:
                 body[key] = 3
+            if key in body and body[key] is None:       # null: "up to the context", a minute on 2 cores
+                body[key] = 3
         if "messages" in body and "max_tokens" not in body:
             body["max_tokens"] = 3
         if isinstance(body.get("n"), int) and not isinstance(body["n"], bool) and body["n"] > 2:
