@@ -25,6 +25,17 @@ print(c.completions.create(model='smol', prompt='Once', max_tokens=16).choices[0
 endpoints: /v1/models, /v1/completions, /v1/chat/completions (SSE with "stream": true),
 /tokenize, /detokenize, /health, /metrics (Prometheus, vLLM's names), /docs, /openapi.json
 needs the serve extra: pip install "rocmforge[serve]"
+
+replicas (Ray Serve; pip install "rocmforge[ray]"): N engines, each in its own process, behind the same
+endpoint and API; Ray routes each request to a replica and around one that dies while it starts another.
+Each response names its replica in the x-rocmforge-replica header (x-rocmforge-replica-pid: its process).
+  rocmforge serve smollm2 --replicas 2 --replica-cpus 1        # a local Ray instance, 1 CPU per replica
+  rocmforge serve model.gguf --device gpu --replicas 8         # one GPU per replica
+  ray start --head   # then, on each other host: ray start --address HEAD:6379
+  rocmforge serve model.gguf --device gpu --replicas 16 --ray-address HEAD:6379 --host 0.0.0.0
+On a cluster, MODEL must resolve on every node and rocmforge be installed there; Ray Serve's proxy
+listens on --host/--port on every node that holds a replica (put a load balancer in front of them).
+/metrics is the answering replica's own. docs/scale-out.md: routing, prefix-cache locality.
 """
 
 
@@ -51,7 +62,16 @@ def add_parser(sub) -> None:
     p.add_argument("--max-body-mb", type=_positive_float, default=4.0,
                    help="largest request body, in MB (default 4); larger ones get a 413 before they are read")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
-                   help="uvicorn's log level (default warning)")
+                   help="uvicorn's log level, or Ray Serve's with --replicas (default warning)")
+    r = p.add_argument_group("replicas (Ray Serve, the ray extra)")
+    r.add_argument("--replicas", type=_positive, default=1, metavar="N",
+                   help="engine replicas behind the one endpoint (default 1: a single engine on uvicorn, no Ray)")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="join the Ray cluster at ADDR (e.g. HEAD:6379, or 'auto' for the one `ray start` "
+                        "began here) instead of starting a local instance; implies Ray even with --replicas 1")
+    r.add_argument("--replica-cpus", type=_positive_float, default=1.0, metavar="C",
+                   help="CPUs Ray reserves for each replica, also its BLAS/Numba thread count (default 1; "
+                        "fractions share cores); with --device gpu each replica also takes one whole GPU")
     p.set_defaults(func=run)
 
 
@@ -106,6 +126,8 @@ def run(args) -> int:
         from ..engine.async_engine import AsyncEngine
     except ImportError as exc:
         raise RocmforgeError(f"the serving engine is not available in this install: {exc}") from None
+    if args.replicas > 1 or args.ray_address:
+        return _serve_replicas(args)
     from ..server import create_app
 
     model = load(args)
@@ -119,3 +141,19 @@ def run(args) -> int:
     print(f"rocmforge: {kv_cache_summary(engine.engine)}", flush=True)
     serve_app(app, args.host, args.port, args.log_level)
     return 0
+
+
+def _serve_replicas(args) -> int:
+    import os
+
+    from ..server.replica import ReplicaOptions
+    from ..server.replicas import import_ray, serve_replicas
+
+    import_ray()      # the missing extra is an error now, not after a cluster has started
+    # replicas may start in another working directory (or on another host): a path goes absolute
+    model = os.path.abspath(args.model) if os.path.exists(args.model) else str(args.model)
+    options = ReplicaOptions(model=model, device=args.device, kv_cache_dtype=args.kv_cache_dtype,
+                             engine_kwargs=engine_kwargs(args), served_model_name=args.served_model_name or str(args.model),
+                             max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    return serve_replicas(options, replicas=args.replicas, host=args.host, port=args.port,
+                          ray_address=args.ray_address, replica_cpus=args.replica_cpus, log_level=args.log_level)
