@@ -19,10 +19,14 @@ if [ -n "${1:-}" ]; then
     python3 -m pytest $1 -q -p no:cacheprovider -rfE 2>&1 | tee "$OUT/pytest.log" \
         | grep -E "passed|failed|FAILED|ERROR" | grep -v excepthook || rc=1
 fi
+# where a serving step's time goes (no HTTP): engine steps at 1 / 16 / 64 sequences, launch by launch
+python3 benchmarks/engine_profile.py /tmp/sbs/7b-q4_0.gguf --device gpu --streams 1,16,64 --top 20 \
+    > "$OUT/engine_profile.log" 2>&1 || rc=1
+grep -E "^session|^engine x" "$OUT/engine_profile.log"
 wait $build || { tail -20 "$OUT/build.log"; exit 1; }
 server=/tmp/llama-build/bin/llama-server
 python3 benchmarks/serve_bench.py --ours /tmp/sbs/7b-q4_0.gguf --device gpu --llama-server $server --ngl 99 \
-    --streams 1,4,16,64 --tokens 64 --logdir /tmp --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.log" | tail -12 || rc=1
+    --streams 1,4,16,64 --tokens 128 --logdir /tmp --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.log" | tail -12 || rc=1
 python3 benchmarks/serve_bench.py --ours /tmp/sbs/7b-q4_0.gguf --device gpu --llama-server $server --ngl 99 \
     --streams 16 --tokens 32 --shared-prefix 400 --logdir /tmp --json "$OUT/serve-prefix.json" 2>&1 \
     | tee -a "$OUT/serve.log" | tail -5 || rc=1

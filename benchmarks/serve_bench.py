@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         path = str(resolve_model(a.ours))
         port = free_port()
         np_ = max(a.streams)
-        ctx = np_ * (a.shared_prefix * 2 + a.words * 2 + a.tokens + 64)
+        # llama-server splits -c over its -np slots; a word of these prompts can be ~9 tokens with a
+        # random-weight model's filler vocabulary, so size each slot for 12 per word
+        ctx = np_ * (12 * (a.shared_prefix + a.words + 4) + a.tokens + 64)
         cmd = [a.llama_server, "-m", path, "--port", str(port), "-np", str(np_), "-c", str(ctx), "-ngl",
                str(a.ngl), "--alias", "bench"]
         rows += run_engine("llama.cpp", cmd, port, "bench", a)

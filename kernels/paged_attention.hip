@@ -21,6 +21,11 @@
 //   lo + w, lo + w + PA_NW, ... reading each through the table (no gather copy), keeps an online
 //   softmax (m, l, acc), then warp 0 merges the PA_NW partial states through shared memory and
 //   writes o / L * vscale.
+// paged_kv_store_rows / paged_attn_decode_rows: the same for R sequences of one token each in one
+//   launch (a batched decode step): rows = [pos (R) | tables (R, mb)] int32 on the device, row r's
+//   token at position pos[r] of the sequence whose block table is tables[r]; its q, k, v rows are row
+//   r of q, k, v. Grid (H, R) for the attention. The positions live on the device, so a captured
+//   decode graph replays with new ones (the host writes rows before each replay).
 // paged_kv_gather: 1-D grid-stride; rows 0..n of the sequence into contiguous (n, Hkv, D) buffers of
 //   the pool's element (f16 bits or codes, copied as they are), for the tiled prefill kernel of
 //   attention.hip (built with the same ATT_KV, reading them with the same factors).
@@ -53,6 +58,21 @@ extern "C" __global__ void paged_kv_store(const float* __restrict__ k, const flo
     }
 }
 
+extern "C" __global__ void paged_kv_store_rows(const float* __restrict__ k, const float* __restrict__ v,
+                                               att_kv_t* __restrict__ kc, att_kv_t* __restrict__ vc,
+                                               const int* __restrict__ rows, int R, int mb, rf_i64 kstride,
+                                               rf_i64 vstride, int bs, float kscale, float vscale) {
+    const int* tables = rows + R;
+    for (rf_i64 i = rf_gid(); i < (rf_i64)R * kstride; i += rf_gstride()) {
+        const rf_i64 r = i / kstride, e = i % kstride;
+        kc[pa_slot(tables + r * mb, rows[r], bs) * kstride + e] = att_enc(k[i], kscale);
+    }
+    for (rf_i64 i = rf_gid(); i < (rf_i64)R * vstride; i += rf_gstride()) {
+        const rf_i64 r = i / vstride, e = i % vstride;
+        vc[pa_slot(tables + r * mb, rows[r], bs) * vstride + e] = att_enc(v[i], vscale);
+    }
+}
+
 extern "C" __global__ void paged_kv_gather(const att_kv_t* __restrict__ kc, const att_kv_t* __restrict__ vc,
                                            const int* __restrict__ table, att_kv_t* __restrict__ kout,
                                            att_kv_t* __restrict__ vout, rf_i64 n, rf_i64 kstride, rf_i64 vstride,
@@ -63,18 +83,16 @@ extern "C" __global__ void paged_kv_gather(const att_kv_t* __restrict__ kc, cons
         vout[i] = vc[pa_slot(table, i / vstride, bs) * vstride + i % vstride];
 }
 
-extern "C" __global__ void paged_attn_decode(const float* __restrict__ q, const att_kv_t* __restrict__ kc,
-                                             const att_kv_t* __restrict__ vc, const int* __restrict__ table,
-                                             float* __restrict__ out, int T, int H, int Hkv, int Dk, int Dv,
-                                             int pos0, int window, float scale, float cap, int chunk, int bs,
-                                             const float* __restrict__ slopes, const float* __restrict__ sinks,
-                                             float vscale) {
+// One (query head, query row) of paged decode attention: query row t at position p, keys through table.
+RF_DEV void pa_decode(const float* __restrict__ q, const att_kv_t* __restrict__ kc,
+                      const att_kv_t* __restrict__ vc, const int* __restrict__ table, float* __restrict__ out,
+                      int t, int p, int H, int Hkv, int Dk, int Dv, int window, float scale, float cap, int chunk,
+                      int bs, const float* __restrict__ slopes, const float* __restrict__ sinks, float vscale) {
     __shared__ float s_m[PA_NW], s_l[PA_NW];
     __shared__ float s_acc[PA_NW][ATT_NEV * RF_WARP];
-    const int h = blockIdx.x, t = blockIdx.y;
+    const int h = blockIdx.x;
     const int lane = threadIdx.x % RF_WARP, w = threadIdx.x / RF_WARP;
     const int kvh = h / (H / Hkv);
-    const int p = pos0 + t;
     int lo = window > 0 ? max(0, p - window + 1) : 0;
     if (chunk > 0) lo = max(lo, (p / chunk) * chunk);
     const float slope = slopes ? slopes[h] : 0.f;
@@ -137,4 +155,25 @@ extern "C" __global__ void paged_attn_decode(const float* __restrict__ q, const 
         for (int k = 0; k < PA_NW; ++k) o += s_acc[k][e] * f[k];
         out[((rf_i64)t * H + h) * Dv + e] = o / L * vscale;
     }
+}
+
+extern "C" __global__ void paged_attn_decode(const float* __restrict__ q, const att_kv_t* __restrict__ kc,
+                                             const att_kv_t* __restrict__ vc, const int* __restrict__ table,
+                                             float* __restrict__ out, int T, int H, int Hkv, int Dk, int Dv,
+                                             int pos0, int window, float scale, float cap, int chunk, int bs,
+                                             const float* __restrict__ slopes, const float* __restrict__ sinks,
+                                             float vscale) {
+    pa_decode(q, kc, vc, table, out, blockIdx.y, pos0 + (int)blockIdx.y, H, Hkv, Dk, Dv, window, scale, cap,
+              chunk, bs, slopes, sinks, vscale);
+}
+
+extern "C" __global__ void paged_attn_decode_rows(const float* __restrict__ q, const att_kv_t* __restrict__ kc,
+                                                  const att_kv_t* __restrict__ vc, const int* __restrict__ rows,
+                                                  float* __restrict__ out, int R, int mb, int H, int Hkv, int Dk,
+                                                  int Dv, int window, float scale, float cap, int chunk, int bs,
+                                                  const float* __restrict__ slopes,
+                                                  const float* __restrict__ sinks, float vscale) {
+    const int r = blockIdx.y;
+    pa_decode(q, kc, vc, rows + R + (rf_i64)r * mb, out, r, rows[r], H, Hkv, Dk, Dv, window, scale, cap, chunk,
+              bs, slopes, sinks, vscale);
 }

@@ -107,6 +107,19 @@ class Backend(ABC):
         ``sinks`` (H,) per-head logits join every softmax's denominator but
         carry no value (gpt-oss attention sinks)."""
 
+    def attention_batch(self, q: Any, k: Any, v: Any, segments: list, layer: int, scale: float, **opts) -> Any:
+        """:meth:`attention` of every sequence of a batch against its own cache: the rows of segment s
+        (rocmforge.recipe.Segment: start, length, cache, pos0) of q, k, v go to ``s.cache`` at positions
+        s.pos0.. and attend there; returns the (T, H, Dv) rows in the same order. ``opts`` are
+        :meth:`attention`'s. This runs one call per segment; a backend may run a batch in one launch."""
+        if len(segments) == 1:
+            s = segments[0]
+            return self.attention(q, k, v, s.cache, layer, s.pos0, scale, **opts)
+        parts = [self.attention(q[s.start:s.start + s.length], k[s.start:s.start + s.length],
+                                v[s.start:s.start + s.length], s.cache, layer, s.pos0, scale, **opts)
+                 for s in segments]
+        return self.concat(parts)
+
     @abstractmethod
     def act(self, x: Any, kind: str) -> Any:
         """Elementwise activation: silu, gelu (erf), gelu_tanh, relu, relu2 (relu(x)^2), sigmoid, tanh."""
@@ -166,6 +179,12 @@ class Backend(ABC):
         """Run a one-token step the backend's fastest way (the GPU replays a captured graph).
 
         Returns the logits (1, vocab), or None to let the executor run the step eagerly."""
+        return None
+
+    def decode_batch_step(self, executor: Any, runs: list[tuple[list[int], Any, int]]) -> Any | None:
+        """Run one decode step of several sequences of a paged store the backend's fastest way (the GPU
+        replays a captured graph): ``runs`` [(ids of one token, view, pos0), ...] as for
+        ``executor.forward_batch``. Returns host logits (len(runs), vocab), or None to run it eagerly."""
         return None
 
     def forward_scope(self, n_rows: int):

@@ -97,6 +97,7 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyRowOps
         # set while a decode step runs in step mode (cupy_graph.StepBuffers): token id and
         # position come from device buffers; ops that need the host mark it on `_step.host`
         self._step: Any = None
+        self._rows_of: Any = None       # (segments, device rows, mb) of the forward's batched paged decode
         self._no_graph: Any = None   # executors whose steps cannot be captured (weakref.WeakSet)
         # matvec launch shape (benchmarks/gpu_ops.py --sweep tries others); t1: a MAXT=1 module for T = 1
         self.mv_rows, self.mv_rpw, self.mv_unroll, self.mv_t1 = MATVEC_ROWS, MATVEC_RPW, MATVEC_UNROLL, True

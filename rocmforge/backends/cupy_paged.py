@@ -9,7 +9,10 @@ kernel on it, built for the same element. FP8 pools encode exactly as the contig
 (att_enc of kernels/rf_fp8.h) with the scales of rocmforge.quant.act.kv_pool_scales (the file's, else
 a fixed 1.0 per layer, as the NumPy paged store: never a first store's). Every
 attention option of the contiguous path works (window, chunk, softcap, ALiBi, sinks, GQA, Dv !=
-Dk). Captured decode graphs are not used with paged caches (the engine runs eager steps).
+Dk). A decode step of many sequences (one token each) runs each layer's KV append and attention
+as one launch over all of them (``attention_batch``: positions and block tables in one device
+buffer), and the engine replays such steps from captured graphs (cupy_paged_graph.py), which is why
+the pool holds one block more than asked for: the scratch block that a graph's padding rows write.
 """
 
 from __future__ import annotations
@@ -43,15 +46,18 @@ class GpuPagedKV:
         self.flavour = flavour
         self.elem = cp.uint8 if flavour else cp.float16
         self.k_scale, self.v_scale = kv_pool_scales(flavour, self.n_layer, scales) if flavour else (None, None)
-        self.k = [cp.empty((num_blocks, block_size, n_kv_head, dk), self.elem) for _ in range(n_layer)]
-        self.v = [cp.empty((num_blocks, block_size, n_kv_head, dv), self.elem) for _ in range(n_layer)]
+        # + 1: the scratch block (never handed out by the engine) that padding rows of a graph write
+        self.scratch = self.num_blocks
+        self.k = [cp.empty((num_blocks + 1, block_size, n_kv_head, dk), self.elem) for _ in range(n_layer)]
+        self.v = [cp.empty((num_blocks + 1, block_size, n_kv_head, dv), self.elem) for _ in range(n_layer)]
         self._written = [False] * self.n_layer
+        self.graphs: dict = {}      # captured batched decode steps (cupy_paged_graph.py)
 
     def layer(self, layer: int, k_shape: tuple, v_shape: tuple):
         if not self._written[layer]:
             if tuple(self.k[layer].shape[2:]) != tuple(k_shape) or tuple(self.v[layer].shape[2:]) != tuple(v_shape):
-                self.k[layer] = self.cp.empty((self.num_blocks, self.block_size, *k_shape), self.elem)
-                self.v[layer] = self.cp.empty((self.num_blocks, self.block_size, *v_shape), self.elem)
+                self.k[layer] = self.cp.empty((self.num_blocks + 1, self.block_size, *k_shape), self.elem)
+                self.v[layer] = self.cp.empty((self.num_blocks + 1, self.block_size, *v_shape), self.elem)
             self._written[layer] = True
         return self.k[layer], self.v[layer]
 
@@ -154,6 +160,75 @@ class CupyPaged:
         self._launch("attention.hip", "attn_prefill", (hblocks, -(-T // 8)), (8 * self.warp,),
                      (q, kg, vg, out) + common + (np.int32(chunk or 0), slopes, sink, np.float32(vf)), defs)
         return out
+
+    def attention_batch(self, q, k, v, segments, layer, scale, **opts):
+        views = [s.cache for s in segments]
+        batched = (all(s.length == 1 for s in segments) and all(isinstance(c, PagedKVView) for c in views)
+                   and len({id(c.pool) for c in views}) == 1 and (len(segments) > 1 or self._step is not None))
+        if not batched:
+            return super().attention_batch(q, k, v, segments, layer, scale, **opts)
+        return self._attention_rows(q, k, v, segments, layer, scale, **opts)
+
+    def _paged_rows(self, segments):
+        """(rows, mb): [pos (R) | tables (R, mb)] int32 on the device for one token per segment. A
+        captured step's live in its step buffers; an eager forward uploads them once, for every layer."""
+        if self._step is not None:
+            rows = getattr(self._step, "rows", None)
+            if rows is None:
+                raise RocmforgeError("a paged KV cache cannot run inside a captured single-sequence decode step")
+            return rows, self._step.mb
+        got = self._rows_of
+        if got is not None and got[0] is segments:
+            return got[1], got[2]
+        R = len(segments)
+        for s in segments:
+            s.cache.check(0, s.pos0 + 1)
+        mb = max(1, max(len(s.cache.table) for s in segments))
+        host = np.zeros(R + R * mb, np.int32)
+        host[:R] = [s.pos0 for s in segments]
+        for r, s in enumerate(segments):
+            host[R + r * mb: R + r * mb + len(s.cache.table)] = s.cache.table
+        rows = self.cp.asarray(host)
+        self._rows_of = (segments, rows, mb)
+        return rows, mb
+
+    def _attention_rows(self, q, k, v, segments, layer, scale, window=0, softcap=0.0, alibi=None, sinks=None,
+                        chunk=0):
+        """One token of each of R sequences of one pool: one KV append and one attention launch."""
+        q, k, v = self._f32(q), self._f32(k), self._f32(v)
+        R, H, Dk = q.shape
+        Hkv, Dv = k.shape[1], v.shape[2]
+        if H % Hkv:
+            raise RocmforgeError(f"attention: {H} query heads do not group over {Hkv} kv heads")
+        pool = segments[0].cache.pool
+        kc, vc = pool.layer(layer, k.shape[1:], v.shape[1:])
+        rows, mb = self._paged_rows(segments)
+        bs = pool.block_size
+        kvdefs = pool.defines
+        ks, vs = (pool.k_scale[layer], pool.v_scale[layer]) if pool.flavour else (1.0, 1.0)
+        self._launch("paged_attention.hip", "paged_kv_store_rows", (self._grid1d(max(k.size, v.size)),), (256,),
+                     (k, v, kc, vc, rows, np.int32(R), np.int32(mb), np.int64(Hkv * Dk), np.int64(Hkv * Dv),
+                      np.int32(bs), np.float32(ks), np.float32(vs)), kvdefs)
+        for s in segments:
+            s.cache.length[layer] = s.pos0 + 1
+        kf, vf = pool.factors(layer)
+        slopes = self._head_vector(alibi, H, "alibi slopes")
+        sink = self._head_vector(sinks, H, "attention sinks")
+        _, defs = self._att_defines(H, Hkv, Dk, Dv)
+        pdefs = tuple(d for d in defs + kvdefs if d[0] != "ATT_G")
+        out = self._out((R, H, Dv))
+        self._launch("paged_attention.hip", "paged_attn_decode_rows", (H, R), (PA_NW * self.warp,),
+                     (q, kc, vc, rows, out, np.int32(R), np.int32(mb), np.int32(H), np.int32(Hkv), np.int32(Dk),
+                      np.int32(Dv), np.int32(window or 0), np.float32(scale * kf), np.float32(softcap or 0.0),
+                      np.int32(chunk or 0), np.int32(bs), slopes, sink, np.float32(vf)), pdefs)
+        return out
+
+    def decode_batch_step(self, executor, runs):
+        if not self.graphs:
+            return None
+        from .cupy_paged_graph import decode_batch
+
+        return decode_batch(self, executor, runs)
 
     def _gather(self, kc, vc, table, n, kstride, vstride, bs, kvdefs=()):
         """Rows 0..n of a sequence into contiguous buffers of the pool's element (f16, or FP8 codes)."""

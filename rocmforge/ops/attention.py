@@ -169,13 +169,12 @@ def _attend(ctx, q, k, v, scale, opts, layer=None):
     (storing them again changes nothing)."""
     be = ctx.backend
     layer = ctx.layer if layer is None else layer
+    if k is not None:
+        return be.attention_batch(q, k, v, ctx.segments, layer, scale, **opts)
     parts = []
     for seg in ctx.segments:
         r = slice(seg.start, seg.start + seg.length)
-        if k is None:
-            ks, vs = be.kv_read(seg.cache, layer, seg.pos0, seg.length)
-        else:
-            ks, vs = (k, v) if len(ctx.segments) == 1 else (k[r], v[r])
+        ks, vs = be.kv_read(seg.cache, layer, seg.pos0, seg.length)
         qs = q if len(ctx.segments) == 1 else q[r]
         parts.append(be.attention(qs, ks, vs, seg.cache, layer, seg.pos0, scale, **opts))
     return parts[0] if len(parts) == 1 else be.concat(parts)

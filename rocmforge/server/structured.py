@@ -58,8 +58,14 @@ class GrammarCompiler:
             if self._ll is None:
                 import llguidance
 
-                self._ll = llguidance.LLTokenizer(self._tokenizer.backend.to_str(), n_vocab=self.vocab_size,
-                                                  eos_token=sorted(self._tokenizer.eos_ids) or None)
+                text, eos = self._tokenizer.backend.to_str(), sorted(self._tokenizer.eos_ids) or None
+                try:
+                    self._ll = llguidance.LLTokenizer(text, n_vocab=self.vocab_size, eos_token=eos)
+                except TypeError:
+                    # llguidance before 1.9 takes one end token: the grammar then ends on the main one
+                    # (the engine still stops on every id in eos_ids)
+                    main = self._tokenizer.eos_id if self._tokenizer.eos_id is not None else (eos or [None])[0]
+                    self._ll = llguidance.LLTokenizer(text, n_vocab=self.vocab_size, eos_token=main)
             return self._ll
 
     def grammar(self, kind: str, spec: Any, param: str) -> str:
