@@ -16,10 +16,15 @@ from .routers import routers
 
 
 def expert_tensors(ctx, step) -> tuple:
-    """The layer's router (n_expert, n_embd) and gate/up/down stacks (n_expert, rows, cols), counts checked."""
+    """The layer's router (n_expert, n_embd) and gate/up/down stacks (n_expert, rows, cols), counts checked.
+
+    ``expert_shards`` (set by tensor parallelism, rocmforge.parallel): the stacks hold that
+    fraction of the router's experts (a rank's whole experts)."""
     router = ctx.tensor(step["router"])
     gate, up, down = (ctx.tensor(step[n]) for n in ("gate", "up", "down"))
+    shards = int(ctx.value(step, "expert_shards", 1) or 1)
     counts = {step[n]: t.shape[0] for n, t in (("router", router), ("gate", gate), ("up", up), ("down", down))}
+    counts[step["router"]] //= shards
     if len(set(counts.values())) > 1:
         raise TensorMapError(f"layer {ctx.layer}: expert counts differ between tensors: {counts}")
     return router, gate, up, down
