@@ -108,10 +108,11 @@ class Model:
     kv_cache_dtype: str = "auto"     # "auto" (fp8 when the file has KV scales, else float), "f16", "fp8", ...
     kv_scales: dict[int, tuple[float, float]] | None = None   # the file's {layer: (k_scale, v_scale)}
     quark_layers: dict[str, dict[str, str]] | None = None     # Quark exports: each layer's formats (info)
+    tensor_parallel: int = 1         # ranks the forward pass runs over (rocmforge.parallel)
 
     def __post_init__(self):
         self._materialized: dict[str, Any] = {}
-        self.executor = Executor(self.spec.recipe_obj, self.hparams, self._raw, self.backend)
+        self.executor = Executor(self.spec.recipe_obj, self.hparams, self.raw_tensor, self.backend)
         kv = self.kv_cache_dtype or "auto"
         if kv not in KV_CACHE_DTYPES:
             from .errors import RocmforgeError
@@ -141,7 +142,8 @@ class Model:
                                  f"model does not have: {', '.join(missing[:20])}"
                                  + (" ..." if len(missing) > 20 else ""))
 
-    def _raw(self, name: str):
+    def raw_tensor(self, name: str):
+        """The canonical tensor ``name`` as the recipe reads it (built once; None if the model lacks it)."""
         t = self.tensors.get(name)
         if t is None:
             return None
@@ -152,6 +154,8 @@ class Model:
                 raw.act = act
             self._materialized[name] = raw
         return self._materialized[name]
+
+    _raw = raw_tensor     # its older name (tests use it)
 
     def kv_cache_bytes(self, n_tokens: int | None = None) -> int:
         """Bytes of one sequence's K and V over ``n_tokens`` positions (default: the context length)
@@ -232,8 +236,11 @@ def _input_quant(t: MappedTensor):
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", tokenizer: bool = True,
-               kv_cache_dtype: str = "auto") -> Model:
+               kv_cache_dtype: str = "auto", tensor_parallel: int = 1) -> Model:
     """Open a GGUF file or HF folder (or an installed model's short name) and build a Model.
+
+    ``tensor_parallel``: N > 1 splits the weights over N ranks, Megatron-style (rocmforge.parallel):
+    N GPUs (0..N-1) with NCCL/RCCL on device="gpu", N threads of this process on the CPU.
 
     ``kv_cache_dtype``: "auto" (FP8 with the file's scales when it has them, else float), "f16",
     "fp8" (the device's FP8 flavour, dynamic per-layer scales when the file has none), or the
@@ -259,6 +266,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu", tokenizer: bool = T
                   len(loaded.tensors), kv_cache_dtype, loaded.extra.get("kv_scales") or None,
                   loaded.extra.get("quark_layers"))
     model.check_tensors()
+    if tensor_parallel != 1:
+        from .parallel import shard_model
+
+        shard_model(model, tensor_parallel)
     return model
 
 
