@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from ..errors import RocmforgeError
-from .common import add_model_args, load
+from .common import add_model_args, add_parallel_args, load
 
 
 def add_parser(sub) -> None:
@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
                                    "mode and the decode step's weight bandwidth against the card's copy rate; "
                                    "--profile adds a per-kernel breakdown of one decode step and one prefill.")
     add_model_args(p)
+    add_parallel_args(p)
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens for the prefill test (default 512)")
     p.add_argument("--gen", type=int, default=128, help="decode steps for the generation test (default 128)")
     p.add_argument("--repeat", type=int, default=3, help="runs per test; the median is reported (default 3)")
@@ -88,19 +89,22 @@ def gpu_figures(model, prompt: list[int], tg_tps: float) -> dict:
 def run(args) -> int:
     if args.profile and args.device == "cpu":
         raise _needs_gpu("--device is cpu (the default)")
+    if args.profile and args.tensor_parallel > 1:
+        raise RocmforgeError("--profile times one GPU's kernels; it does not run with --tensor-parallel")
     model = load(args, tokenizer=False)
     gpu = model.backend.device == "gpu"
     if args.profile and not gpu:
         raise _needs_gpu(f"this model runs on the {model.backend.name} backend (--device {args.device} found no GPU)")
     res = measure(model, args.prompt, args.gen, args.repeat, args.seed)
     res.update({"model": model.path, "arch": model.arch, "quant_mix": model.quant_mix(),
+                "tensor_parallel": model.tensor_parallel,
                 "backend": model.backend.name, "device": model.backend.device, "machine": platform.machine(),
                 "python": platform.python_version(), "kv_cache_dtype": model.kv_cache_dtype,
                 "kv_cache_bytes": model.kv_cache_bytes(args.prompt + args.gen)})
     if hasattr(model.backend, "describe"):      # the CPU kernels say which kernels run
         res["kernels"] = model.backend.describe()
     profiles = []
-    if gpu:
+    if gpu and model.tensor_parallel == 1:      # the bandwidth figures read one GPU's profile
         prompt = random_prompt(model, args.prompt, args.seed)
         res.update(gpu_figures(model, prompt, res["tg_tps"]))
         if args.profile:
@@ -118,7 +122,7 @@ def run(args) -> int:
           f"{args.prompt + args.gen} tokens ({res['kv_cache_dtype']})")
     if "kernels" in res:
         print(f"kernels: {res['kernels']}")
-    if gpu:
+    if gpu and "graphs" in res:
         print(f"graphs: {'on' if res['graphs'] else 'off'} (decode steps "
               f"{'replay a captured graph' if res['graphs'] else 'launch eagerly'})")
         frac = res["decode_bw_fraction"]

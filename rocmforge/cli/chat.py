@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_args, add_sampling_args, load, sampling_kwargs
+from .common import add_model_args, add_parallel_args, add_sampling_args, load, sampling_kwargs
 
 
 def add_parser(sub) -> None:
@@ -12,6 +12,7 @@ def add_parser(sub) -> None:
                        description="Interactive chat. Type a message and press Enter; '/reset' forgets the "
                                    "conversation, '/exit' or Ctrl-D quits.")
     add_model_args(p)
+    add_parallel_args(p)
     p.add_argument("--system", help="a system message")
     add_sampling_args(p)
     p.set_defaults(func=run, max_tokens=256)

@@ -23,6 +23,13 @@ def add_model_args(p, device: bool = True) -> None:
                             "the blocks of f16 for the same --kv-cache-gb)")
 
 
+def add_parallel_args(p) -> None:
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="split the model over N ranks, Megatron-style (attention by KV-head groups, "
+                        "feed-forwards and experts sharded, one all-reduce per block half): N GPUs "
+                        "(0..N-1, NCCL/RCCL) with --device gpu, N threads with --device cpu (default 1)")
+
+
 def add_sampling_args(p) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("-n", "--max-tokens", type=int, default=64, help="tokens to generate (default 64)")
@@ -54,5 +61,6 @@ def load(args, tokenizer: bool = True):
     from ..model import load_model
 
     model = load_model(args.model, device=getattr(args, "device", "cpu"), tokenizer=tokenizer,
-                       kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"))
+                       kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"),
+                       tensor_parallel=getattr(args, "tensor_parallel", 1))
     return model.prepare(progress=sys.stderr.isatty())

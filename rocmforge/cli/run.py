@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from .common import add_model_args, add_sampling_args, load, sampling_kwargs
+from .common import add_model_args, add_parallel_args, add_sampling_args, load, sampling_kwargs
 
 
 def add_parser(sub) -> None:
@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
                        description="Continue a prompt and stream the text to stdout as it is generated.",
                        epilog="example: rocmforge run smollm2 -p 'The capital of France is' -n 32 --temperature 0")
     add_model_args(p)
+    add_parallel_args(p)
     p.add_argument("-p", "--prompt", required=True, help="the text to continue ('-' reads standard input)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     add_sampling_args(p)
