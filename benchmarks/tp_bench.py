@@ -159,13 +159,18 @@ def comm_pass(model, prompt: list[int], n_gen: int) -> dict:
             "collectives_per_step": (comms[0].n_calls - calls1[0]) / max(n_gen, 1)}
 
 
-def _free(model) -> None:
-    backends = [b.inner for b in getattr(model.executor, "backends", [])] or [model.backend]
-    del model
+def _devices(model) -> list[tuple]:
+    """(cupy, device id) of every GPU the model runs on; [] on the CPU."""
+    ranks = getattr(model.executor, "backends", None)
+    pairs = [(b.inner, b.device_id) for b in ranks] if ranks else [(model.backend, 0)]
+    return [(be.cp, dev) for be, dev in pairs if getattr(be, "cp", None) is not None and dev is not None]
+
+
+def _release(devices: list[tuple]) -> None:
+    """Hand the freed blocks of each GPU's memory pool back (the model must be gone already)."""
     gc.collect()
-    for be in backends:
-        cp = getattr(be, "cp", None)
-        if cp is not None:
+    for cp, dev in devices:
+        with cp.cuda.Device(dev):
             cp.get_default_memory_pool().free_all_blocks()
 
 
@@ -193,7 +198,9 @@ def run_one(path: Path, tp: int, args, ref: dict | None) -> dict:
             res["check"]["prompt_logits_nmse_vs_tp1"] = float(
                 ((logits - ref_logits) ** 2).sum() / max((ref_logits ** 2).sum(), 1e-30))
         res["_logits"] = logits
-    _free(model)
+    devices = _devices(model)
+    del model
+    _release(devices)
     return res
 
 
