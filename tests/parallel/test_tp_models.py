@@ -123,3 +123,11 @@ def test_tp_cli_bench(tiny_path, capsys):
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["tensor_parallel"] == 2 and "tensor parallel" in out["backend"] and out["tg_tps"] > 0
+
+
+def test_tp_real_smollm2(smollm_path):
+    """A real checkpoint (SmolLM2-135M, Q4_1 GGUF: 9 query and 3 KV heads) over 3 ranks: Q4_1 blocks cut
+    from the file, a 49152-row vocabulary split three ways."""
+    ref = load_model(smollm_path, tokenizer=False)
+    tp = load_model(smollm_path, tokenizer=False, tensor_parallel=3)
+    _same(ref, tp, 16)
