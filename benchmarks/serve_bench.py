@@ -11,7 +11,8 @@ request generates --tokens tokens on both engines), and reads the SSE chunks as 
 request: time to first token (TTFT) and the gaps between later chunks (inter-token latency, ITL).
 Per level of concurrency: aggregate generated tokens/s over the wall time of the whole wave, and
 p50 / p99 of TTFT and ITL. ``--shared-prefix N`` gives every prompt the same N-word system text
-before its own question (the prefix-cache workload); otherwise prompts share nothing. llama-server
+before its own question, and one request with that text runs before the wave (the prefix-cache
+workload: the system text has been seen before); otherwise prompts share nothing. llama-server
 runs with ``-np`` = the largest stream count and continuous batching (its default).
 """
 
@@ -79,6 +80,10 @@ async def wave(url: str, model: str, n: int, tokens: int, shared: int, words: in
     async with httpx.AsyncClient(limits=limits) as client:
         await one_stream(client, url, model, "warm up", 4)
         ps = prompts(n, shared, words, seed=n)
+        if shared:
+            # the system text has been seen before the wave (as on a live server): an engine that keeps
+            # prompt prefixes can serve the wave's shared part from its cache
+            await one_stream(client, url, model, prompts(1, shared, words, seed=10_000 + n)[0], 4)
         t0 = time.perf_counter()
         res = await asyncio.gather(*(one_stream(client, url, model, p, tokens) for p in ps))
         wall = time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from ..errors import RocmforgeError
 from .common import add_model_args, load
@@ -111,6 +112,9 @@ def kv_cache_summary(engine) -> str:
 def serve_app(app, host: str, port: int, log_level: str = "warning") -> None:
     import uvicorn
 
+    # the engine's thread and the event loop share the GIL: at Python's default 5 ms switch interval
+    # either may wait that long for the other to let go, longer than a GPU decode step
+    sys.setswitchinterval(0.0005)
     # one worker: the engine lives in this process and owns the device
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=5)
 

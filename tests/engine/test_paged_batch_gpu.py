@@ -30,7 +30,8 @@ def test_rows_attention_equals_one_launch_per_sequence(gb, shape, opt, kv):
     bs, nb, R = 4, 64, 5
     opts = {k: (v[:H] if isinstance(v, np.ndarray) else v) for k, v in OPTIONS[opt].items()}
     stores = [gb.new_paged_kv(1, Hkv, Dk, Dv, nb, bs, dtype=kv) for _ in range(2)]
-    tables = [list(rng.permutation(nb)[i * 12:(i + 1) * 12]) for i in range(R)]
+    perm = rng.permutation(nb)                 # disjoint tables: no sequence writes another's block
+    tables = [list(perm[i * 12:(i + 1) * 12]) for i in range(R)]
     lens = [3, 17, 1, 30, 9]
     views = [[s.view(t) for t in tables] for s in stores]
     for r, n in enumerate(lens):      # prefill each sequence alike in both stores
