@@ -1,9 +1,10 @@
 """The GPU backend's Gated DeltaNet (a mixin of CupyBackend): kernels/gated_delta.hip.
 
-A prefill runs the recurrent form token after token inside one kernel launch (the time loop is in
-the kernel; every state column is independent, so each thread block walks the whole prompt for its
-columns): O(T) steps of O(dk) work per thread, not the chunked form the NumPy backend uses for long
-prompts. A decode step is the same kernel with T = 1. The state is read and written in place, so
+A decode step and a prefill of up to GDN_CHUNK rows run the recurrent form token after token inside
+one kernel launch (every state column is independent, so each thread block walks the rows for its
+columns). A longer prompt runs the chunked form (numpy_delta.prepare and gated_delta_rule_chunked on
+CuPy arrays: per chunk of 64 rows a few batched matmuls and one batched triangular solve on the
+device, the recurrence only between chunks), as the NumPy backend does. The state is read and written in place, so
 a step marks itself as needing the host (see cupy_state.py on graph capture).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DeviceError
+from .numpy_delta import GDN_CHUNK, gated_delta_rule_chunked, prepare
 
 
 def _slice(dk: int) -> tuple[int, int]:
@@ -29,6 +31,10 @@ class CupyDelta:
     def gated_delta_net(self, q, k, v, a, b, A, dt_bias, state, v_tiled=False):
         self._needs_host("recurrent state")
         q, k, v, a, b = (self._f32(x) for x in (q, k, v, a, b))
+        if q.shape[0] > GDN_CHUNK:
+            cp = self.cp
+            qe, ke, ve, g, beta = prepare(q, k, v, a, b, self._f32(A), self._f32(dt_bias), v_tiled, cp)
+            return gated_delta_rule_chunked(qe, ke, ve, g, beta, state, xp=cp)
         T, Hk, dk = q.shape
         Hv, dv = v.shape[1], v.shape[2]
         ks, rows = _slice(dk)

@@ -2,8 +2,11 @@
 the kernels of kernels/ssm.hip (causal depthwise conv1d, the Mamba / Mamba-2 scan, gated RMSNorm).
 
 Every sequence's state (rocmforge.backends.state.RecurrentState) is a set of float32 device
-arrays, updated in place by the kernels; prefill runs the time loop inside the scan kernel, a
-decode step is the same kernel with T = 1. A captured decode graph would replay the state update
+arrays, updated in place by the kernels. A decode step and a short prefill run the scan kernel
+(the time loop inside it); a Mamba-2 prompt longer than SSD_CHUNK runs the SSD paper's chunked form
+(numpy_ssm.ssd_chunked on CuPy arrays: per chunk a few batched matmuls on the device, the
+recurrence only between chunks). Mamba-1's S6 has no such form (its decay is per channel and
+state): its prefill stays the in-kernel scan over time, as mamba_ssm's own kernel is. A captured decode graph would replay the state update
 once more than the eager capture pass ran it, so a step that touches recurrent state marks itself
 as needing the host and runs eagerly (cupy_graph.py's fallback).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DeviceError
+from .numpy_ssm import SSD_CHUNK, ssd_chunked, ssd_delta
 
 
 def _npad(n: int) -> int:
@@ -67,6 +71,13 @@ class CupyState:
         return self._scan(x, dt, A, B, C, D, state, dt_bias, 1, N, 1, 1, N, 0.0, float("inf"))
 
     def ssd_scan(self, x, dt, A, B, C, D, state, dt_bias=None, dt_min=0.0, dt_max=float("inf")):
+        if x.shape[0] > SSD_CHUNK:
+            self._needs_host("recurrent state")
+            cp = self.cp
+            x, dt, B, C = (self._f32(a) for a in (x, dt, B, C))
+            delta = ssd_delta(dt, None if dt_bias is None else self._f32(dt_bias), dt_min, dt_max, cp)
+            return ssd_chunked(x, delta, self._f32(A).reshape(-1), B, C, None if D is None else self._f32(D).reshape(-1),
+                               state, xp=cp)
         _, H, P = x.shape
         G, N = B.shape[1], B.shape[2]
         return self._scan(x, dt, A, B, C, D, state, dt_bias, P, 1, 0, G, N, dt_min, dt_max)

@@ -4,7 +4,9 @@ convolution, its selective scan (S6) and Mamba-2's SSD, with their state carried
 The scans are plain loops over time that state the recurrence (the style of mamba_ssm's
 ``selective_scan_ref``); ``ssd_chunked`` is the chunked form of the SSD paper ("state space
 duality": quadratic attention-like form inside a chunk, the recurrence between chunks), which
-the NumPy backend runs for long prompts and which tests/test_ssm.py holds to the loop.
+the NumPy backend runs for long prompts and which tests/test_ssm.py holds to the loop. The GPU
+backend runs the same ``ssd_chunked`` on CuPy arrays for long prompts (``xp``: the array module),
+its GEMM-shaped einsums on the device, and its own kernel for short inputs and decode.
 """
 
 from __future__ import annotations
@@ -14,8 +16,16 @@ import numpy as np
 SSD_CHUNK = 64       # rows per chunk of ssd_chunked; shorter inputs run the loop
 
 
-def softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(np.float32(0), x).astype(np.float32, copy=False)
+def softplus(x: np.ndarray, xp=np) -> np.ndarray:
+    return xp.logaddexp(np.float32(0), x).astype(np.float32, copy=False)
+
+
+def ssd_delta(dt, dt_bias, dt_min: float, dt_max: float, xp=np):
+    """Mamba-2's step sizes: clip(softplus(dt + dt_bias), dt_min, dt_max), (T, H)."""
+    delta = softplus(dt if dt_bias is None else dt + dt_bias.reshape(-1), xp)
+    if dt_min > 0.0 or dt_max < float("inf"):
+        delta = xp.clip(delta, np.float32(dt_min), np.float32(dt_max))
+    return delta
 
 
 def conv1d_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, state: np.ndarray) -> np.ndarray:
@@ -43,9 +53,9 @@ def selective_scan_ref(x, delta, A, B, C, D, h):
     return y
 
 
-def _heads(BC: np.ndarray, H: int) -> np.ndarray:
+def _heads(BC: np.ndarray, H: int, xp=np) -> np.ndarray:
     """(T, G, N) -> (T, H, N): head h reads group h // (H // G)."""
-    return np.repeat(BC, H // BC.shape[1], axis=1)
+    return xp.repeat(BC, H // BC.shape[1], axis=1)
 
 
 def ssd_ref(x, delta, A, B, C, D, h):
@@ -64,29 +74,29 @@ def ssd_ref(x, delta, A, B, C, D, h):
     return y
 
 
-def ssd_chunked(x, delta, A, B, C, D, h, chunk: int = SSD_CHUNK):
+def ssd_chunked(x, delta, A, B, C, D, h, chunk: int = SSD_CHUNK, xp=np):
     """The same as :func:`ssd_ref`, a chunk of rows at a time.
 
     Inside a chunk, with a_t = cumsum(delta * A) the log decay from the chunk's start:
       y_t = sum_{s<=t} exp(a_t - a_s) (C_t . B_s) delta_s x_s  +  exp(a_t) h_0 C_t
     and the state carried to the next chunk is
-      h = exp(a_last) h_0 + sum_s exp(a_last - a_s) delta_s x_s B_s^T."""
+      h = exp(a_last) h_0 + sum_s exp(a_last - a_s) delta_s x_s B_s^T. ``xp``: NumPy, or CuPy on the GPU."""
     T, H, _ = x.shape
-    Bh, Ch = _heads(B, H), _heads(C, H)
-    y = np.empty_like(x)
+    Bh, Ch = _heads(B, H, xp), _heads(C, H, xp)
+    y = xp.empty_like(x)
     for t0 in range(0, T, chunk):
         r = slice(t0, min(t0 + chunk, T))
         xs, ds, bs, cs = x[r], delta[r], Bh[r], Ch[r]
-        a = np.cumsum(ds * A, axis=0)                                       # (n, H)
+        a = xp.cumsum(ds * A, axis=0)                                       # (n, H)
         n = xs.shape[0]
-        causal = np.tril(np.ones((n, n), bool))
-        diff = np.where(causal[None], a.T[:, :, None] - a.T[:, None, :], -np.inf)   # (H, t, s)
-        scores = np.einsum("thn,shn->hts", cs, bs) * np.exp(diff)                    # (H, t, s)
-        y[r] = np.einsum("hts,shp->thp", scores, ds[:, :, None] * xs)
-        y[r] += np.exp(a)[:, :, None] * np.einsum("hpn,thn->thp", h, cs)            # the carried state
-        to_end = np.exp(a[-1][None, :] - a)                                          # (l, H)
-        h[...] = (np.exp(a[-1])[:, None, None] * h
-                  + np.einsum("sh,shp,shn->hpn", to_end * ds, xs, bs))
+        causal = xp.tril(xp.ones((n, n), bool))
+        diff = xp.where(causal[None], a.T[:, :, None] - a.T[:, None, :], -np.inf)   # (H, t, s)
+        scores = xp.einsum("thn,shn->hts", cs, bs) * xp.exp(diff)                    # (H, t, s)
+        y[r] = xp.einsum("hts,shp->thp", scores, ds[:, :, None] * xs)
+        y[r] += xp.exp(a)[:, :, None] * xp.einsum("hpn,thn->thp", h, cs)            # the carried state
+        to_end = xp.exp(a[-1][None, :] - a)                                          # (l, H)
+        h[...] = (xp.exp(a[-1])[:, None, None] * h
+                  + xp.einsum("sh,shp,shn->hpn", to_end * ds, xs, bs))
     if D is not None:
         y += D[None, :, None] * x
     return y.astype(np.float32, copy=False)
@@ -101,9 +111,7 @@ class NumpySSM:
         return selective_scan_ref(x, delta, A, B, C, D, state)
 
     def ssd_scan(self, x, dt, A, B, C, D, state, dt_bias=None, dt_min=0.0, dt_max=float("inf")):
-        delta = softplus(dt if dt_bias is None else dt + dt_bias)
-        if dt_min > 0.0 or dt_max < float("inf"):
-            delta = np.clip(delta, np.float32(dt_min), np.float32(dt_max))
+        delta = ssd_delta(dt, dt_bias, dt_min, dt_max)
         scan = ssd_chunked if x.shape[0] > SSD_CHUNK else ssd_ref
         return scan(x, delta, A.reshape(-1), B, C, None if D is None else D.reshape(-1), state)
 

@@ -25,9 +25,9 @@ def gpu():
 
 
 # (T, Hk, Hv, dk, dv, tiled): decode, grouped / tiled heads, dk != dv, dk not a multiple of the slice,
-# a prompt the NumPy backend runs chunked, the released head sizes
+# prompts past GDN_CHUNK (both backends run the chunked form), the released head sizes
 CASES = [(1, 2, 4, 16, 8, False), (9, 2, 6, 16, 16, True), (5, 3, 3, 20, 12, False), (1, 1, 2, 4, 4, False),
-         (130, 2, 4, 32, 16, False), (3, 16, 32, 128, 128, True)]
+         (130, 2, 4, 32, 16, False), (3, 16, 32, 128, 128, True), (200, 2, 4, 64, 32, True)]
 
 
 @pytest.mark.parametrize("T,Hk,Hv,dk,dv,tiled", CASES)

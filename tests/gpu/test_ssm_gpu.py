@@ -51,8 +51,9 @@ def test_selective_scan(gpu, T, Dc, N):
     check(gpu.to_numpy(h_gpu), h_cpu, TOL, "selective_scan state")
 
 
+# T past SSD_CHUNK (64): the GPU runs ssd_chunked on the device, over one and several chunks
 @pytest.mark.parametrize("T,H,P,G,N,lim", [(1, 8, 16, 2, 16, None), (21, 8, 16, 1, 64, 0.4), (70, 6, 8, 3, 128, None),
-                                           (3, 4, 4, 4, 300, None)])
+                                           (3, 4, 4, 4, 300, None), (200, 8, 16, 2, 64, 0.6)])
 def test_ssd_scan(gpu, T, H, P, G, N, lim):
     rng = np.random.default_rng(T + H + N)
     x, dt, B, C = rand(rng, T, H, P), rand(rng, T, H), rand(rng, T, G, N, scale=0.3), rand(rng, T, G, N, scale=0.3)
@@ -127,3 +128,22 @@ def test_tiny_model_gpu_equals_cpu(gpu, built, arch):
     a.feed(PROMPT[:10])
     b = a.fork()
     np.testing.assert_allclose(b.feed(PROMPT[10:12]), a.feed(PROMPT[10:12]), rtol=1e-5, atol=1e-5)
+
+
+LONG = [(7 * i * i + 3 * i + 1) % 250 for i in range(150)]     # past SSD_CHUNK / GDN_CHUNK (64): chunked on the GPU
+
+
+@pytest.mark.parametrize("arch", ["mamba2", "qwen3_5", "qwen3_next"])
+def test_tiny_model_long_prompt_gpu_equals_cpu(gpu, built, arch):
+    """A 150-token prompt: the GPU's chunked Mamba-2 SSD / Gated DeltaNet prefill (batched matmuls per
+    chunk) gives the CPU's logits, and the state it leaves decodes on like the CPU's."""
+    from rocmforge import load_model
+
+    cpu_m = load_model(str(built[arch]), device="cpu", tokenizer=False)
+    gpu_m = load_model(str(built[arch]), device="gpu", tokenizer=False)
+    check(gpu_m.logits(LONG), cpu_m.logits(LONG), 5e-4, f"{arch} long prompt")
+    sc, sg = cpu_m.new_session(200), gpu_m.new_session(200)
+    sc.feed(LONG)
+    sg.feed(LONG)
+    check(np.concatenate([sg.feed([t], all_logits=True) for t in (5, 77, 9)]),
+          np.concatenate([sc.feed([t], all_logits=True) for t in (5, 77, 9)]), 5e-4, f"{arch} decode after it")
