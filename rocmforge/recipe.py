@@ -273,9 +273,11 @@ class Executor:
         with the file's per-layer scales, else a fixed 1.0 per layer (rocmforge.quant.act.kv_pool_scales:
         the pool is shared, so no request's scale may come from its own first store)."""
         dims = self.cache_dims()
-        kv = {}
+        kv: dict[str, Any] = {}
         if self.kv_cache_dtype.startswith("fp8"):     # backends without the options keep working
             kv = {"dtype": self.kv_cache_dtype, "scales": self.kv_scales}
+        if self.cache_per_layer():
+            kv["layers"] = self.cache_layers()
         return self.backend.new_paged_kv(self.hparams["n_layer"], dims["n_head_kv"], dims["head_dim"],
                                          dims["head_dim_v"], num_blocks, block_size, **kv)
 

@@ -90,7 +90,9 @@ class Backend(ABC):
         is one sequence's cache, accepted by :meth:`attention` and :meth:`kv_read` like a contiguous one.
 
         Backends with an FP8 pool take ``dtype`` and ``scales`` as :meth:`new_kv_cache` does (passed only
-        for fp8); a layer without a file scale gets a fixed one (rocmforge.quant.act.kv_pool_scales)."""
+        for fp8); a layer without a file scale gets a fixed one (rocmforge.quant.act.kv_pool_scales).
+        ``layers`` (passed when the recipe declares its cache per layer): only those layers get pools,
+        at exactly those shapes, as for :meth:`new_kv_cache`."""
         raise NotImplementedError(f"the {self.name} backend has no paged KV cache")
 
     @abstractmethod

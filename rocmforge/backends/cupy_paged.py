@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import DeviceError, RocmforgeError
 from .cupy_attention import DECODE_MAX_T, FP8_KV, GpuKVCache
-from .paged import PagedKVView
+from .paged import PagedKVView, layer_shapes
 
 PA_NW = 4      # warps per paged_attn_decode block (kernels/paged_attention.hip)
 
@@ -38,7 +38,8 @@ class GpuPagedKV:
     defines = GpuKVCache.defines
     factors = GpuKVCache.factors
 
-    def __init__(self, cp, n_layer, n_kv_head, dk, dv, num_blocks, block_size, flavour=None, scales=None):
+    def __init__(self, cp, n_layer, n_kv_head, dk, dv, num_blocks, block_size, flavour=None, scales=None,
+                 layers=None):
         from ..quant.act import kv_pool_scales
 
         self.cp = cp
@@ -48,8 +49,9 @@ class GpuPagedKV:
         self.k_scale, self.v_scale = kv_pool_scales(flavour, self.n_layer, scales) if flavour else (None, None)
         # + 1: the scratch block (never handed out by the engine) that padding rows of a graph write
         self.scratch = self.num_blocks
-        self.k = [cp.empty((num_blocks + 1, block_size, n_kv_head, dk), self.elem) for _ in range(n_layer)]
-        self.v = [cp.empty((num_blocks + 1, block_size, n_kv_head, dv), self.elem) for _ in range(n_layer)]
+        shapes = layer_shapes(self.n_layer, n_kv_head, dk, dv, layers)     # per layer: a hybrid's attention only
+        self.k = [cp.empty((num_blocks + 1, block_size, h, a), self.elem) for h, a, _ in shapes]
+        self.v = [cp.empty((num_blocks + 1, block_size, h, b), self.elem) for h, _, b in shapes]
         self._written = [False] * self.n_layer
         self.graphs: dict = {}      # captured batched decode steps (cupy_paged_graph.py)
 
@@ -99,7 +101,7 @@ class CupyPaged:
     kv_bytes = 2
 
     def new_paged_kv(self, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size, dtype="auto",
-                     scales=None):
+                     scales=None, layers=None):
         if dtype == "fp8":
             dtype = self.fp8_kv_flavour
         if dtype not in ("auto", "f16", *FP8_KV):
@@ -107,7 +109,7 @@ class CupyPaged:
         flavour = dtype if dtype in FP8_KV else None
         try:
             return GpuPagedKV(self.cp, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size,
-                              flavour, scales)
+                              flavour, scales, layers)
         except self.cp.cuda.memory.OutOfMemoryError as exc:
             raise DeviceError(f"out of GPU memory for a paged KV pool of {num_blocks} blocks of {block_size} "
                               f"tokens ({exc}); ask for a smaller --kv-cache-gb") from None

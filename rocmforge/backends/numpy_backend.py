@@ -221,14 +221,15 @@ class NumpyBackend(NumpySSM, NumpyDelta, Backend):
         return NumpyKVCache(n_layer, n_kv_head, head_dim_k, head_dim_v, max_tokens, store, layers)
 
     def new_paged_kv(self, n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size, dtype="auto",
-                     scales=None):
+                     scales=None, layers=None):
         from .paged import NumpyPagedKV
 
         if dtype not in ("auto", "f16", "f32", "fp8", "fp8_e4m3fn", "fp8_e4m3fnuz"):
             raise ValueError(f"unknown KV cache dtype {dtype!r}; expected auto, f16, f32, fp8, fp8_e4m3fn "
                              "or fp8_e4m3fnuz")
         flavour = ("fp8_e4m3fn" if dtype == "fp8" else dtype) if dtype.startswith("fp8") else None
-        return NumpyPagedKV(n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size, flavour, scales)
+        return NumpyPagedKV(n_layer, n_kv_head, head_dim_k, head_dim_v, num_blocks, block_size, flavour, scales,
+                            layers)
 
     def attention(self, q, k, v, cache, layer, pos0, scale, window=0, softcap=0.0, alibi=None, sinks=None,
                   chunk=0):

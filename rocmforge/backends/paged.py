@@ -73,25 +73,36 @@ class PagedKVView:
         return self.pool.decode(layer, keys, vals)
 
 
+def layer_shapes(n_layer: int, n_kv_head: int, dk: int, dv: int, layers: dict | None) -> list[tuple[int, int, int]]:
+    """(n_kv_head, dk, dv) of every layer's pools: the model default, or with ``layers`` exactly those
+    layers' shapes and zero heads (no memory) for the layers that hold no K/V."""
+    if layers is None:
+        return [(n_kv_head, dk, dv)] * n_layer
+    return [tuple(layers[i]) if i in layers else (0, dk, dv) for i in range(n_layer)]
+
+
 class NumpyPagedKV:
     """K and V pools of every layer, (num_blocks, block_size, n_kv_head, head_dim): float32, or FP8
     codes of ``flavour`` (fp8_e4m3fn / fp8_e4m3fnuz, ml_dtypes arrays) with one scale per layer and
     tensor from rocmforge.quant.act.kv_pool_scales (the file's ``scales``, else a fixed 1.0: the pool
     is shared, so no scale may depend on which request stored first). value = code * scale.
 
-    A layer whose K/V differ from the model default (per-layer head sizes) gets pools of its own
-    shape at its first store, while nothing has been written to it yet."""
+    ``layers`` {layer: (n_kv_head, dk, dv)} (a recipe that declares its cache per layer: a hybrid's
+    attention layers) gives those layers pools of exactly that shape and the others none (zero
+    heads). Without it, a layer whose K/V differ from the model default gets pools of its own shape
+    at its first store, while nothing has been written to it yet."""
 
     def __init__(self, n_layer: int, n_kv_head: int, dk: int, dv: int, num_blocks: int, block_size: int,
-                 flavour: str | None = None, scales: dict | None = None):
+                 flavour: str | None = None, scales: dict | None = None, layers: dict | None = None):
         from ..quant.act import kv_flavour, kv_pool_scales
 
         self.n_layer, self.num_blocks, self.block_size = n_layer, num_blocks, block_size
         self.flavour = flavour
         self.dtype = np.dtype(kv_flavour(flavour)[0] if flavour else np.float32)
         self.k_scale, self.v_scale = kv_pool_scales(flavour, n_layer, scales) if flavour else (None, None)
-        self.k = [np.zeros((num_blocks, block_size, n_kv_head, dk), self.dtype) for _ in range(n_layer)]
-        self.v = [np.zeros((num_blocks, block_size, n_kv_head, dv), self.dtype) for _ in range(n_layer)]
+        shapes = layer_shapes(n_layer, n_kv_head, dk, dv, layers)
+        self.k = [np.zeros((num_blocks, block_size, h, a), self.dtype) for h, a, _ in shapes]
+        self.v = [np.zeros((num_blocks, block_size, h, b), self.dtype) for h, _, b in shapes]
         self._written = [False] * n_layer
 
     def layer(self, layer: int, k_shape: tuple, v_shape: tuple) -> tuple[np.ndarray, np.ndarray]:

@@ -35,12 +35,16 @@ class StepItem:
 
 
 def kv_bytes_per_block(model, block_size: int) -> int:
-    """Bytes one block takes across all layers at the model's default K/V shape (0: a model that keeps no KV,
-    e.g. Mamba)."""
-    dims = model.executor.cache_dims()
+    """Bytes one block takes across the layers that hold K/V, at their shapes (a hybrid's attention
+    layers only; 0: a model that keeps no KV, e.g. Mamba)."""
+    ex = model.executor
     per_elem = 1 if model.kv_cache_dtype.startswith("fp8") else model.backend.kv_bytes   # FP8: 1 byte
-    per_token = dims["n_head_kv"] * (dims["head_dim"] + dims["head_dim_v"]) * per_elem
-    return per_token * int(model.hparams["n_layer"]) * block_size
+    if ex.cache_per_layer():
+        per_token = sum(h * (dk + dv) for h, dk, dv in ex.cache_layers().values())
+    else:
+        dims = ex.cache_dims()
+        per_token = dims["n_head_kv"] * (dims["head_dim"] + dims["head_dim_v"]) * int(model.hparams["n_layer"])
+    return per_token * per_elem * block_size
 
 
 def blocks_for_memory(model, kv_cache_gb: float, block_size: int) -> int | None:
