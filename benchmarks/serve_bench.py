@@ -83,7 +83,8 @@ async def wave(url: str, model: str, n: int, tokens: int, shared: int, words: in
         if shared:
             # the system text has been seen before the wave (as on a live server): an engine that keeps
             # prompt prefixes can serve the wave's shared part from its cache
-            await one_stream(client, url, model, prompts(1, shared, words, seed=10_000 + n)[0], 4)
+            head = ps[0][:ps[0].index("\n") + 1]
+            await one_stream(client, url, model, head + "Request warm-up: " + " ".join(WORDS[:words]), 4)
         t0 = time.perf_counter()
         res = await asyncio.gather(*(one_stream(client, url, model, p, tokens) for p in ps))
         wall = time.perf_counter() - t0
