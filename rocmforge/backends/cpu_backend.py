@@ -33,13 +33,14 @@ class QuantWeight:
     """A 2-D weight kept as raw blocks: up to three row blocks of one format (q|k|v, gate|up joined
     without a copy), each a uint8 (rows, row_bytes) view of the file."""
 
-    __slots__ = ("qtype", "fid", "shape", "parts", "raw")
+    __slots__ = ("qtype", "fid", "shape", "parts", "raw", "packed")
 
     def __init__(self, qtype: str, fid: int, shape: tuple[int, int], parts: list[np.ndarray]):
         self.qtype, self.fid, self.shape = qtype, fid, shape
         empty = parts[0][:0]
         self.parts = tuple(parts) + (empty,) * (3 - len(parts))
         self.raw = parts
+        self.packed = None       # the decode matvec's layout (cpu_packed.PackedWeight), made at first use
 
     @property
     def ndim(self) -> int:
@@ -140,7 +141,16 @@ class CpuBackend(NumpyBackend):
         if T <= self.max_kernel_rows:
             y = np.empty((T, N), np.float32)
             b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-            self.kernels.matvec(w.fid, w.parts, x, b, y)
+            if w.fid < 20:       # integer formats: the repacked layout's vectorised matvec
+                if w.packed is None:
+                    from .cpu_packed import pack
+
+                    w.packed = pack(w.qtype, w.fid, w.raw, K)
+                from .cpu_packed import matvec
+
+                matvec(w.packed, x, b, y, self.kernels.nthreads)
+            else:
+                self.kernels.matvec(w.fid, w.parts, x, b, y)
             return y
         y = np.empty((T, N), np.float32)
         step = max(1, PREFILL_CHUNK // K)
