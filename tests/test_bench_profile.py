@@ -331,10 +331,15 @@ def test_backend_embedding_and_gemm_costs(np_backend):
     w = GpuWeight("Q4_0", (N, K), np.zeros(N * rb, np.uint8), rb)
     emb = _costs(np_backend, lambda: np_backend.embedding(w, [3, 5]))["dequant_q4_0"]
     assert emb.weight_bytes == 2 * rb
-    got = _costs(np_backend, lambda: np_backend.linear(np.zeros((16, K), np.float32), w))
+    T = np_backend.mv_batch_max + 8        # past the rows the matvec takes 8 at a time: the GEMM path
+    got = _costs(np_backend, lambda: np_backend.linear(np.zeros((T, K), np.float32), w))
     assert set(got) >= {"dequant_q4_0", "cupy_cast_f16", "cublas_gemm_f16", "cupy_cast_f32"}
     assert got["dequant_q4_0"].weight_bytes == N * rb
-    assert got["cublas_gemm_f16"].flops == 2 * 16 * N * K
+    assert got["cublas_gemm_f16"].flops == 2 * T * N * K
+    with profiling(np_backend, events=False) as prof:       # 16 rows: two 8-row matvecs, no GEMM
+        np_backend.linear(np.zeros((16, K), np.float32), w)
+        names = [s.name for s in prof.samples()]
+    assert names.count("matvec_q4_0") == 2 and "cublas_gemm_f16" not in names
 
 
 def test_backend_attention_costs(np_backend):
