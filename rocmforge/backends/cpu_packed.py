@@ -2,16 +2,19 @@
 integer multiply-adds that LLVM vectorises (AVX2 / AVX-512 lanes of int16), not a per-format row
 decode for every token.
 
-The arithmetic is :mod:`rocmforge.backends.cpu_reference`'s, bit for bit: per half block of 16 the
-exact integer dot product of the weight codes q with the int8 activation codes, then in float32 and
-in this order ``acc += xd * (d0 * s0 + d1 * s1) - (m0 * xs0 + m1 * xs1)``. Only the layout differs:
+The arithmetic is :mod:`rocmforge.backends.cpu_reference`'s, bit for bit: exact integer dot products
+of the weight codes q with the int8 activation codes, then float32 steps in a fixed order. Per layout:
 
-* ``nib32`` (Q4_0, Q4_1, Q4_K: 4-bit codes with one scale and offset per 32): byte j of block g
-  holds code 32g + j in its low nibble and 32g + 16 + j in its high one, stored as ``q + off``
-  (off 8 for Q4_0's signed codes); the activations come in the same two halves (``xlo``, ``xhi``),
-  so each byte multiplies two activations at the same index. ``s = sum(nibble * x) - off * sum(x)``
-  is the same integer as ``sum(q * x)``. 0.75 bytes per weight (Q4_1's file: 0.625);
-* ``i8_16`` (every other integer format): the codes as int8 and d, m per 16 (m dropped when zero).
+* ``nib32`` (Q4_0, Q4_1, Q4_K: 4-bit codes with one scale d and offset m per block of 32): byte j of
+  block g holds code 32g + j in its low nibble and 32g + 16 + j in its high one, stored as
+  ``q + off`` (off 8 for Q4_0's signed codes); the activations come in the same two halves (``xlo``,
+  ``xhi``), so each byte multiplies two activations at the same index and one buffer holds the
+  block's products. Per block, s = sum(nibble * x) - off * sum(x) (the same integer as sum(q * x))
+  and ``acc += xd * (d * s) - m * xs32`` (``cpu_reference.matvec_int32``). 0.75 bytes per weight
+  (Q4_1's file: 0.625);
+* ``i8_16`` (every other integer format): the codes as int8 and d, m per 16 (m dropped when zero),
+  per half block ``acc += xd * (d0 * s0 + d1 * s1) - (m0 * xs0 + m1 * xs1)``
+  (``cpu_reference.matvec_int``).
 
 A row's products go to a small int16 buffer in one pass (|code x activation| < 2^15), its half-block
 sums (int32) and the float steps follow; the sums index with unsigned integers, since numba's
@@ -21,6 +24,7 @@ Rows are split over numba's threads.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -72,9 +76,10 @@ def pack(qtype: str, fid: int, parts, K: int) -> PackedWeight:
 # ---- activations: int8 codes of each block of 32, in the two layouts the kernels read ----------
 
 @njit(cache=True)
-def _act_layouts(x, q16, xlo, xhi, xd, xs, isum):
+def _act_layouts(x, q16, xlo, xhi, xd, xs, isum, xs32, isum32):
     """x (T, K) -> codes q16 (T, K) int16, the half blocks xlo / xhi (T, K/2), scales xd (T, K/32),
-    scaled half sums xs (T, K/16) (rf_q8.h) and integer half sums isum (T, K/16)."""
+    scaled half sums xs (T, K/16) (rf_q8.h), integer half sums isum (T, K/16), and per whole block
+    of 32 the integer sums isum32 and xs32 = xd * isum32 (T, K/32)."""
     T, K = x.shape
     xq = np.empty((T, K), np.float32)
     quantize_act(x, xq, xd, xs)
@@ -93,38 +98,36 @@ def _act_layouts(x, q16, xlo, xhi, xd, xs, isum):
                 s1 += b
             isum[t, 2 * g] = s0
             isum[t, 2 * g + 1] = s1
+            isum32[t, g] = s0 + s1
+            xs32[t, g] = xd[t, g] * _F32(s0 + s1)
 
 
 # ---- the matvecs: y (T, N) = x (T, K) @ W.T (+ bias) -------------------------------------------
 
 @njit(parallel=True, cache=True, fastmath=False)
-def mv_nib32(codes, d, m, off, xlo, xhi, xd, xs, isum, bias, y, nthreads):
+def mv_nib32(codes, d, m, off, xlo, xhi, xd, xs32, isum32, bias, y, nthreads):
     N, K2 = codes.shape
     T, G = xd.shape
+    U = np.uint64
     nchunk = max(1, min(N, 4 * nthreads))
     for c in prange(nchunk):
-        p0 = np.empty(K2, np.int16)
-        p1 = np.empty(K2, np.int16)
+        p = np.empty(K2, np.int16)
         for r in range(c * N // nchunk, (c + 1) * N // nchunk):
-            row = codes[r]
+            row, dr, mr = codes[r], d[r], m[r]
             for t in range(T):
-                lo, hi = xlo[t], xhi[t]
-                for i in range(K2):              # the long vectorised run
-                    b = np.int16(row[i])
-                    p0[i] = (b & 15) * lo[i]
-                    p1[i] = (b >> 4) * hi[i]
+                lo, hi, xdt, xst, ist = xlo[t], xhi[t], xd[t], xs32[t], isum32[t]
+                for i in range(K2):              # the long vectorised run: both nibbles of a byte
+                    b = row[i]
+                    p[i] = np.int16(b & 15) * lo[i] + np.int16(b >> 4) * hi[i]
                 acc = _F32(0.0)
                 for g in range(G):
-                    s0 = np.int32(0)
-                    s1 = np.int32(0)
-                    o = np.uint64(16 * g)      # unsigned: no negative-index wraparound, so LLVM vectorises
+                    s = np.int32(0)
+                    o = U(16 * g)
                     for j in range(16):
-                        s0 += p0[o + np.uint64(j)]
-                        s1 += p1[o + np.uint64(j)]
-                    s0 -= off * isum[t, 2 * g]
-                    s1 -= off * isum[t, 2 * g + 1]
-                    dd, mm = d[r, g], m[r, g]
-                    acc += xd[t, g] * (dd * _F32(s0) + dd * _F32(s1)) - (mm * xs[t, 2 * g] + mm * xs[t, 2 * g + 1])
+                        s += p[o + U(j)]
+                    u = U(g)
+                    s -= off * ist[u]
+                    acc += xdt[u] * (dr[u] * _F32(s)) - mr[u] * xst[u]
                 y[t, r] = acc + bias[r] if bias.shape[0] else acc
 
 
@@ -132,44 +135,58 @@ def mv_nib32(codes, d, m, off, xlo, xhi, xd, xs, isum, bias, y, nthreads):
 def mv_i8_16(codes, d, m, q16, xd, xs, bias, y, nthreads):
     N, K = codes.shape
     T, G = xd.shape
+    U = np.uint64
     has_m = m.shape[1] > 0
     nchunk = max(1, min(N, 4 * nthreads))
     for c in prange(nchunk):
         p = np.empty(K, np.int16)
         for r in range(c * N // nchunk, (c + 1) * N // nchunk):
-            row = codes[r]
+            row, dr = codes[r], d[r]
+            mr = m[r] if has_m else d[r]
             for t in range(T):
-                xt = q16[t]
+                xt, xdt, xst = q16[t], xd[t], xs[t]
                 for i in range(K):               # the long vectorised run
                     p[i] = np.int16(row[i]) * xt[i]
                 acc = _F32(0.0)
                 for g in range(G):
                     s0 = np.int32(0)
                     s1 = np.int32(0)
-                    o = np.uint64(32 * g)      # unsigned: no negative-index wraparound, so LLVM vectorises
+                    o = U(32 * g)
                     for j in range(16):
-                        s0 += p[o + np.uint64(j)]
-                        s1 += p[o + np.uint64(16 + j)]
-                    part = xd[t, g] * (d[r, 2 * g] * _F32(s0) + d[r, 2 * g + 1] * _F32(s1))
+                        s0 += p[o + U(j)]
+                    for j in range(16):
+                        s1 += p[o + U(16 + j)]
+                    h0, h1 = U(2 * g), U(2 * g + 1)
+                    part = xdt[U(g)] * (dr[h0] * _F32(s0) + dr[h1] * _F32(s1))
                     if has_m:
-                        part -= m[r, 2 * g] * xs[t, 2 * g] + m[r, 2 * g + 1] * xs[t, 2 * g + 1]
+                        part -= mr[h0] * xst[h0] + mr[h1] * xst[h1]
                     else:
-                        part -= _F32(0.0) * xs[t, 2 * g] + _F32(0.0) * xs[t, 2 * g + 1]
+                        part -= _F32(0.0) * xst[h0] + _F32(0.0) * xst[h1]
                     acc += part
                 y[t, r] = acc + bias[r] if bias.shape[0] else acc
+
+
+# multiply-adds below which a matvec runs on the calling thread alone: waking numba's other OpenMP
+# threads costs more than they save on a small matrix (2 cores, SmolLM2's shapes: 576 x 1536 took
+# 91 us on one thread and 139 us on two, 3072 x 576 259 us and 207 us, the 49152-row head 3.2 / 1.6 ms)
+PARALLEL_MIN_MACS = 1_200_000
 
 
 def matvec(w: PackedWeight, x: np.ndarray, bias: np.ndarray, y: np.ndarray, nthreads: int) -> None:
     """y (T, N) = x (T, K) @ W.T + bias (bias of length 0: none), x float32 C-contiguous."""
     T, K = x.shape
+    nthreads = nthreads if T * w.shape[0] * K >= PARALLEL_MIN_MACS else 1
+    numba.set_num_threads(nthreads)       # per calling thread: the next parallel regions' team size
     q16 = np.empty((T, K), np.int16)
     xlo = np.empty((T, K // 2), np.int16)
     xhi = np.empty((T, K // 2), np.int16)
     xd = np.empty((T, K // 32), np.float32)
     xs = np.empty((T, K // 16), np.float32)
     isum = np.empty((T, K // 16), np.int32)
-    _act_layouts(x, q16, xlo, xhi, xd, xs, isum)
+    xs32 = np.empty((T, K // 32), np.float32)
+    isum32 = np.empty((T, K // 32), np.int32)
+    _act_layouts(x, q16, xlo, xhi, xd, xs, isum, xs32, isum32)
     if w.kind == "nib32":
-        mv_nib32(w.codes, w.d, w.m, np.int32(w.off), xlo, xhi, xd, xs, isum, bias, y, nthreads)
+        mv_nib32(w.codes, w.d, w.m, np.int32(w.off), xlo, xhi, xd, xs32, isum32, bias, y, nthreads)
     else:
         mv_i8_16(w.codes, w.d, w.m, q16, xd, xs, bias, y, nthreads)

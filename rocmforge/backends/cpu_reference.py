@@ -47,6 +47,24 @@ def matvec_int(q: np.ndarray, d: np.ndarray, m: np.ndarray, x: np.ndarray,
     return acc + bias if bias is not None else acc
 
 
+def matvec_int32(q: np.ndarray, d: np.ndarray, m: np.ndarray, x: np.ndarray,
+                 bias: np.ndarray | None = None) -> np.ndarray:
+    """y (T, N) for weights with one scale and offset per whole block of 32 (d, m (N, K/32): Q4_0,
+    Q4_1, Q4_K): per block the int dot product s of all 32 codes, then
+    ``acc += xd * (d * s) - m * xs32`` with xs32 = xd * (sum of the block's activation codes)."""
+    N, K = q.shape
+    G = K // 32
+    xq, xd, _ = quantize_act(np.asarray(x, np.float32))
+    s = np.einsum("ngj,tgj->tng", q.reshape(N, G, 32).astype(np.int64),
+                  xq.reshape(-1, G, 32).astype(np.int64)).astype(np.float32)       # (T, N, G)
+    xs32 = xd * xq.reshape(-1, G, 32).sum(axis=-1).astype(np.float32)             # (T, G)
+    part = xd[:, None, :] * (d[None] * s) - m[None] * xs32[:, None, :]
+    acc = np.zeros(part.shape[:2], np.float32)
+    for g in range(G):                     # the kernels' order: block after block
+        acc = acc + part[:, :, g]
+    return acc + bias if bias is not None else acc
+
+
 def matvec_float(w: np.ndarray, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """y (T, N) from float32 weights w (N, K): per block of 32 a sequential sum, then block after block."""
     N, K = w.shape
