@@ -101,8 +101,10 @@ class CpuBackend(NumpyBackend):
         ck = self._ck
         secs = ck.compile_seconds or 0.0
         return (f"numba {ck.numba.__version__} int8 kernels ({ck.numba.threading_layer()}, "
-                f"{self.kernels.nthreads} threads; ready in {secs:.1f} s): decode matvecs read the blocks for "
-                f"T <= {self.max_kernel_rows}, prefill dequantises row chunks for BLAS")
+                f"{self.kernels.nthreads} threads; ready in {secs:.1f} s): decode matvecs for T <= "
+                f"{self.max_kernel_rows} read the weights repacked at first use (4-bit nibbles per 32 for "
+                f"Q4_0/Q4_1/Q4_K, int8 codes per 16 for the other integer formats), prefill dequantises row "
+                f"chunks for BLAS")
 
     # -- weights
     def _quant(self, raws) -> QuantWeight | None:
