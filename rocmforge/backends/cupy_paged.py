@@ -245,6 +245,9 @@ class CupyPaged:
     def kv_read(self, cache, layer, pos0, n):
         if not isinstance(cache, PagedKVView):
             return super().kv_read(cache, layer, pos0, n)
+        # host positions and this sequence's own table: a captured batched step would replay them for
+        # whichever sequences come next, so a step that reads shared KV stays eager
+        self._needs_host("kv_read")
         if pos0 + n > cache.length[layer]:
             raise RocmforgeError(f"layer {layer} of the KV cache holds {cache.length[layer]} positions, "
                                  f"not {pos0 + n}: a sharing layer must run after the layer it shares")
