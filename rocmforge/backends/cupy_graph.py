@@ -39,7 +39,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # host needs that are part of the model (not a one-off upload): its steps are never captured
-_PERMANENT = ("moe_route", "moe_ffn", "to_numpy", "upload", "argmax")
+_PERMANENT = ("moe_route", "moe_ffn", "to_numpy", "upload", "argmax", "kv_read")
 
 
 class StepBuffers:
