@@ -1,14 +1,14 @@
-"""CPU kernels that read quantised blocks directly (Numba): int8 matvec, row dequantisation (the
-per-format row decoders they call live in :mod:`rocmforge.backends.cpu_decoders`).
+"""CPU kernels that read quantised blocks directly (Numba): the float-decoded formats' matvec, row
+dequantisation, and the int8 activation quantisation (the per-format row decoders they call live in
+:mod:`rocmforge.backends.cpu_decoders`; the integer formats' decode matvecs over repacked weights
+in :mod:`rocmforge.backends.cpu_packed`, which packs them with these decoders).
 
 The arithmetic is the GPU's (kernels/rf_quant.h, kernels/matvec.hip), row by row:
 
 * a weight row of K inputs decodes to small integers ``q[K]`` (int8) and, per 16 inputs, a scale
   ``d`` and an offset ``m`` (float32), so that ``weight_i = d[i/16] * q_i - m[i/16]``;
 * an activation row is quantised per block of 32 (llama.cpp's Q8 blocks): ``xd = amax / 127``,
-  ``xq_i = rint(x_i / xd)`` (int8), and per half-block ``xs = xd * sum(xq)``;
-* per block g of 32: ``s0, s1`` = int32 dot products of the halves, then, in float32 and in this
-  order, ``acc += xd * (d0 * s0 + d1 * s1) - (m0 * xs0 + m1 * xs1)``.
+  ``xq_i = rint(x_i / xd)`` (int8), and per half-block ``xs = xd * sum(xq)``.
 
 The OCP formats whose element values are not small integers (MXFP8 E4M3/E5M2, MXFP6 E3M2) decode
 to float32 weights instead and take a float dot product against float x, summed per block of 32.
@@ -83,7 +83,7 @@ def quantize_act(x, xq, xd, xs):
             xs[t, 2 * g + 1] = dd * _F32(s1)
 
 
-# ---- matvec: y (T, N) = x (T, K) @ W.T (+ bias) for T = 1..MAX_T -------------------------------
+# ---- matvec of the float-decoded formats: y (T, N) = x (T, K) @ W.T (+ bias) for T = 1..MAX_T ----
 # W is up to three row blocks of one format (the q|k|v or gate|up weights of a layer, joined
 # without a copy): rows 0..N0 of W0, then W1, then W2. One prange iteration per thread decodes
 # each of its rows once and dots it with every column t.
@@ -96,50 +96,6 @@ def _pick_row(W0, W1, W2, r):
     if r < n0 + n1:
         return W1[r - n0]
     return W2[r - n0 - n1]
-
-
-@njit(cache=True, fastmath=True)
-def _half_sums(pr, hs):
-    """hs[h] = sum of pr[16h .. 16h+15]. The products are integers below 2^14 and a sum stays below
-    2^24, so float32 holds every partial sum exactly and the order does not matter: fastmath lets
-    LLVM vectorise it, and the result is the int32 dot product, exactly."""
-    for h in range(hs.shape[0]):
-        acc = _F32(0.0)
-        for i in range(16 * h, 16 * h + 16):
-            acc += pr[i]
-        hs[h] = acc
-
-
-@njit(parallel=True, cache=True, fastmath=False)
-def matvec_int(fmt, W0, W1, W2, x, bias, y, nthreads):
-    T, K = x.shape
-    NG = K // 32
-    xq = np.empty((T, K), np.float32)        # int8 codes, held as float32 (exact)
-    xd = np.empty((T, NG), np.float32)
-    xs = np.empty((T, 2 * NG), np.float32)
-    quantize_act(x, xq, xd, xs)
-    N = W0.shape[0] + W1.shape[0] + W2.shape[0]
-    nchunk = max(1, min(N, 4 * nthreads))
-    for c in prange(nchunk):
-        q = np.empty(K, np.int8)
-        qf = np.empty(K, np.float32)
-        pr = np.empty(K, np.float32)
-        hs = np.empty(2 * NG, np.float32)
-        d = np.empty(2 * NG, np.float32)
-        m = np.empty(2 * NG, np.float32)
-        for r in range(c * N // nchunk, (c + 1) * N // nchunk):
-            decode_row(fmt, _pick_row(W0, W1, W2, r), q, d, m)
-            for i in range(K):
-                qf[i] = _F32(q[i])
-            for t in range(T):
-                for i in range(K):
-                    pr[i] = qf[i] * xq[t, i]
-                _half_sums(pr, hs)
-                acc = _F32(0.0)
-                for g in range(NG):
-                    acc += xd[t, g] * (d[2 * g] * hs[2 * g] + d[2 * g + 1] * hs[2 * g + 1]) \
-                        - (m[2 * g] * xs[t, 2 * g] + m[2 * g + 1] * xs[t, 2 * g + 1])
-                y[t, r] = acc + bias[r] if bias.shape[0] else acc
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -204,15 +160,16 @@ class Kernels:
 
     def __init__(self):
         probe_y = np.zeros((1, 0), np.float32)
-        self._mv_int = _entry(matvec_int, (0, _U8, _U8, _U8, _F32_2D, _NO_BIAS, probe_y, 1))
         self._mv_float = _entry(matvec_float, (20, _U8, _U8, _U8, _F32_2D, _NO_BIAS, probe_y, 1))
         self._rows = _entry(dequant_rows, (0, _U8, np.zeros(0, np.int64), np.zeros((0, 64), np.float32), 1))
         self.nthreads = numba.get_num_threads()
 
     def matvec(self, fid: int, parts: tuple, x: np.ndarray, bias: np.ndarray, y: np.ndarray) -> None:
-        """y (T, N) = x (T, K) @ W.T + bias for W the rows of ``parts`` (three uint8 (n_i, row_bytes) arrays)."""
-        (self._mv_int if fid < 20 else self._mv_float)(fid, parts[0], parts[1], parts[2], x, bias, y,
-                                                        self.nthreads)
+        """y (T, N) = x (T, K) @ W.T + bias for W the rows of ``parts`` (three uint8 (n_i, row_bytes) arrays)
+        of a float-decoded format (FLOAT_FORMATS; the integer formats' matvecs are cpu_packed's)."""
+        if fid < 20:
+            raise ValueError(f"format id {fid} is an integer format: its matvec is cpu_packed.matvec")
+        self._mv_float(fid, parts[0], parts[1], parts[2], x, bias, y, self.nthreads)
 
     def rows(self, fid: int, W: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
         """out (len(rows), K) = the float32 weights of rows ``rows`` of W."""
