@@ -25,16 +25,18 @@ _IDLE_WAIT_S = 0.5      # how long the idle thread sleeps on the inbox before ch
 
 
 class AsyncEngine:
-    """Implements rocmforge.engine.protocol.Engine. Arguments are LLMEngine's."""
+    """Implements rocmforge.engine.protocol.Engine. Arguments are LLMEngine's; a server's engine captures
+    its GPU decode graphs at start-up (``capture_graphs``)."""
 
     def __init__(self, model, max_num_seqs: int = 16, max_model_len: int | None = None,
                  kv_cache_gb: float | None = None, num_blocks: int | None = None, block_size: int = 16,
                  max_num_batched_tokens: int = 512, enable_prefix_caching: bool = True, model_step=None,
-                 eos_ids=None):
+                 eos_ids=None, capture_graphs: bool = True):
         self.engine = LLMEngine(model, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                                 kv_cache_gb=kv_cache_gb, num_blocks=num_blocks, block_size=block_size,
                                 max_num_batched_tokens=max_num_batched_tokens,
-                                enable_prefix_caching=enable_prefix_caching, model_step=model_step, eos_ids=eos_ids)
+                                enable_prefix_caching=enable_prefix_caching, model_step=model_step, eos_ids=eos_ids,
+                                capture_graphs=capture_graphs)
         self.vocab_size = self.engine.vocab_size
         self.max_model_len = self.engine.max_model_len
         self._inbox: queue.Queue = queue.Queue()

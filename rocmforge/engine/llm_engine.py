@@ -47,6 +47,8 @@ class LLMEngine:
     The pool holds ``num_blocks`` blocks of ``block_size`` tokens, or as many as ``kv_cache_gb`` GiB
     hold, or by default ``max_num_seqs`` x min(max_model_len, 2048) tokens. ``model_step``: a stand-in
     for the model (tests drive the scheduler with a fake one; ``model`` may then be None).
+    ``capture_graphs``: capture the GPU's batched decode graphs for every batch size now (the server
+    does), not at each size's first steps.
 
     A recurrent model's requests each own a recurrent state in the model step (freed on the paths
     that free their blocks); prefix caching is off for such a model."""
@@ -54,7 +56,7 @@ class LLMEngine:
     def __init__(self, model, max_num_seqs: int = 16, max_model_len: int | None = None,
                  kv_cache_gb: float | None = None, num_blocks: int | None = None, block_size: int = 16,
                  max_num_batched_tokens: int = 512, enable_prefix_caching: bool = True,
-                 model_step=None, eos_ids: Iterable[int] | None = None):
+                 model_step=None, eos_ids: Iterable[int] | None = None, capture_graphs: bool = False):
         if max_model_len is None:
             if model is None:
                 raise ValueError("max_model_len is needed without a model")
@@ -69,6 +71,10 @@ class LLMEngine:
         self.model = model
         self.max_model_len = int(max_model_len)
         self.runner = model_step if model_step is not None else ModelStep(model, int(num_blocks), block_size)
+        if capture_graphs and hasattr(self.runner, "capture_graphs"):
+            n = self.runner.capture_graphs(max_num_seqs)
+            if n:
+                log.info("captured the decode graphs of %d batch shapes (up to %d sequences)", n, max_num_seqs)
         if enable_prefix_caching and getattr(self.runner, "has_state", False):
             # a recurrent layer's state after a prefix is not kept per block: a cached prefix's KV alone
             # cannot continue the sequence, so every prompt is computed from its first token

@@ -17,12 +17,15 @@ past position 0 (it is not stored per block), so prefix caching is off for such 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import RocmforgeError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +72,28 @@ class ModelStep:
         self.has_state = bool(self.executor.state_shapes())
         self._absorbed: dict[Hashable, list[int]] = {}    # recurrent models: the tokens each state holds
         self._stale: set[Hashable] = set()                # states a failed forward may have half-updated
+
+    def capture_graphs(self, max_num_seqs: int) -> int:
+        """Capture the batched decode graphs of every batch bucket up to ``max_num_seqs`` now, as vLLM
+        does at start-up, so that no request waits for a capture (each costs about three eager steps).
+        The dummy steps decode token 0 at position 0 into the pool's scratch block. Returns how many
+        shapes were captured (0 where the backend keeps no such graphs); never raises."""
+        scratch = getattr(self.store, "scratch", None)
+        if scratch is None or self.has_state or not getattr(self.backend, "graphs", False):
+            return 0
+        from ..backends.cupy_paged_graph import BatchGraph, bucket_rows
+
+        sizes = sorted({bucket_rows(n) for n in range(1, max_num_seqs + 1)})
+        done = 0
+        try:
+            for R in sizes:
+                runs = [([0], self.store.view([scratch]), 0) for _ in range(R)]
+                for _ in range(2):         # the first call marks the shape warm, the second captures it
+                    self.backend.decode_batch_step(self.executor, runs)
+                done += any(isinstance(g, BatchGraph) and g.step.R == R for g in self.store.graphs.values())
+        except Exception as exc:          # noqa: BLE001 - a failed warm-up leaves lazy captures, not an error
+            log.warning("decode graph warm-up stopped after %d shapes: %s: %s", done, type(exc).__name__, exc)
+        return done
 
     @property
     def vocab_size(self) -> int:

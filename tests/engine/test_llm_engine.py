@@ -190,3 +190,19 @@ def test_constraint_masks_every_draw_and_a_failing_one_fails_its_request_only(mo
     assert tokens(out["b"]) == [1, 1]
     assert tokens(out["plain"]) == alone[0]
     assert eng.stats().kv_blocks_used == 0
+
+
+def test_capture_graphs_is_a_no_op_on_the_cpu(tiny_model):
+    """The server's engine asks for its decode graphs at start; a backend without them captures none
+    and the engine serves as before."""
+    from rocmforge.engine.llm_engine import LLMEngine
+    from rocmforge.engine.protocol import EngineRequest, SamplingOptions
+
+    model = tiny_model("llama", "llama-gqa")
+    eng = LLMEngine(model, max_num_seqs=4, num_blocks=40, block_size=4, capture_graphs=True)
+    assert eng.runner.capture_graphs(4) == 0
+    req = lambda: [EngineRequest("a", [3, 17, 42], SamplingOptions(max_tokens=4, temperature=0,  # noqa: E731
+                                                                      ignore_eos=True))]
+    got = [e.token_id for e in eng.run_to_completion(req())["a"]]
+    want = [e.token_id for e in LLMEngine(model, max_num_seqs=4, num_blocks=40, block_size=4).run_to_completion(req())["a"]]
+    assert got == want and len([t for t in got if t is not None]) == 4

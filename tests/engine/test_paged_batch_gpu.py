@@ -114,3 +114,30 @@ def test_engine_graphs_stay_off_for_host_steps(tiny_model):
     finally:
         model.backend.graphs = True
     assert {k: [e.token_id for e in v] for k, v in out.items()} == {k: [e.token_id for e in v] for k, v in ref.items()}
+
+
+def test_graphs_captured_at_start_serve_like_lazy_ones(tiny_model):
+    """capture_graphs (what the server's engine does): every batch bucket up to max_num_seqs is captured
+    before the first request, on dummy steps into the scratch block; the requests then replay them
+    and decode exactly as the eager engine does."""
+    from rocmforge.backends.cupy_paged_graph import BatchGraph
+    from rocmforge.engine.llm_engine import LLMEngine
+    from rocmforge.engine.protocol import EngineRequest, SamplingOptions
+
+    model = tiny_model("llama", "llama-gqa", device="gpu")
+    reqs = lambda: [EngineRequest(f"r{i}", [3 + i, 17, 42, 99, 7][: 3 + i % 3], SamplingOptions(  # noqa: E731
+        max_tokens=10, temperature=0, ignore_eos=True)) for i in range(9)]
+    eng = LLMEngine(model, max_num_seqs=9, num_blocks=120, block_size=4, capture_graphs=True)
+    graphs = eng.runner.store.graphs
+    assert {k for k, g in graphs.items() if isinstance(g, BatchGraph)} == {(1, 16), (2, 16), (4, 16), (8, 16),
+                                                                          (16, 16)}
+    before = {k: g.replays for k, g in graphs.items()}
+    out = eng.run_to_completion(reqs())
+    assert eng.stats().kv_blocks_used == 0
+    assert any(g.replays > before[k] for k, g in graphs.items())
+    model.backend.graphs = False
+    try:
+        ref = LLMEngine(model, max_num_seqs=9, num_blocks=120, block_size=4).run_to_completion(reqs())
+    finally:
+        model.backend.graphs = True
+    assert {k: [e.token_id for e in v] for k, v in out.items()} == {k: [e.token_id for e in v] for k, v in ref.items()}
