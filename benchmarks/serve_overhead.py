@@ -14,9 +14,7 @@ machine's cores, as they do in serve_bench.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,25 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     import serve_bench as sb
 
     port = sb.free_port()
-    log = Path("/tmp/serve-overhead.log")
     cmd = [sys.executable, __file__, "--serve", str(port), "--model", a.model, "--step-ms", str(a.step_ms),
            "--streams", ",".join(map(str, a.streams))]
-    proc = sb.start(cmd, f"http://127.0.0.1:{port}", log)
-    rows = []
-    try:
-        for n in a.streams:
-            r = asyncio.run(sb.wave(f"http://127.0.0.1:{port}", "bench", n, a.tokens, 0, 24))
-            r["host_ms_per_step"] = None if r["itl_p50"] is None else 1e3 * r["itl_p50"] - a.step_ms
-            rows.append(r)
-            print(f"x{n:<3d} {r['agg_tps']:8.1f} t/s aggregate  ITL p50/p99 {sb._ms(r['itl_p50'])}/"
-                  f"{sb._ms(r['itl_p99'])} ms  (step {a.step_ms:g} ms: host ~{r['host_ms_per_step']:.1f} ms)"
-                  + (f"  {r['n_errors']} errors: {r['errors'][0]}" if r["n_errors"] else ""), flush=True)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    waves = argparse.Namespace(streams=a.streams, tokens=a.tokens, shared_prefix=0, words=24, logdir="/tmp")
+    rows = sb.run_engine("overhead", cmd, port, "bench", waves)     # serve_bench's own waves and client
+    for r in rows:
+        r["host_ms_per_step"] = None if r["itl_p50"] is None else 1e3 * r["itl_p50"] - a.step_ms
+        if r["host_ms_per_step"] is not None:
+            print(f"x{r['streams']:<3d} host ~{r['host_ms_per_step']:.1f} ms per step over a {a.step_ms:g} ms step")
     if a.json:
         Path(a.json).write_text(json.dumps({"rows": rows, "args": vars(a)}, indent=1))
     return 0
