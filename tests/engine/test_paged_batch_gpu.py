@@ -97,6 +97,21 @@ def test_engine_graph_steps_equal_eager_steps(tiny_model, arch, name):
         np.testing.assert_allclose([lp for _, lp in replayed[rid]], [lp for _, lp in eager[rid]], atol=2e-3)
 
 
+def _greedy(out):
+    return {k: [e.token_id for e in v] for k, v in out.items()}
+
+
+def _eager(model, reqs, **engine_kw):
+    """The requests' tokens through an engine with graphs off: the reference."""
+    from rocmforge.engine.llm_engine import LLMEngine
+
+    model.backend.graphs = False
+    try:
+        return _greedy(LLMEngine(model, **engine_kw).run_to_completion(reqs()))
+    finally:
+        model.backend.graphs = True
+
+
 def test_engine_graphs_stay_off_for_host_steps(tiny_model):
     """A MoE model's step routes on the host: no graph is kept, the tokens are the eager ones."""
     from rocmforge.engine.llm_engine import LLMEngine
@@ -105,15 +120,11 @@ def test_engine_graphs_stay_off_for_host_steps(tiny_model):
     model = tiny_model("llama", "mixtral-moe", device="gpu")
     reqs = lambda: [EngineRequest(f"r{i}", [3 + i, 9, 27, 81], SamplingOptions(max_tokens=6, temperature=0,  # noqa: E731
                                                                               ignore_eos=True)) for i in range(3)]
-    eng = LLMEngine(model, max_num_seqs=3, num_blocks=40, block_size=4)
+    kw = dict(max_num_seqs=3, num_blocks=40, block_size=4)
+    eng = LLMEngine(model, **kw)
     out = eng.run_to_completion(reqs())
     assert not any(hasattr(g, "replays") for g in eng.runner.store.graphs.values())
-    model.backend.graphs = False
-    try:
-        ref = LLMEngine(model, max_num_seqs=3, num_blocks=40, block_size=4).run_to_completion(reqs())
-    finally:
-        model.backend.graphs = True
-    assert {k: [e.token_id for e in v] for k, v in out.items()} == {k: [e.token_id for e in v] for k, v in ref.items()}
+    assert _greedy(out) == _eager(model, reqs, **kw)
 
 
 def test_graphs_captured_at_start_serve_like_lazy_ones(tiny_model):
@@ -127,17 +138,12 @@ def test_graphs_captured_at_start_serve_like_lazy_ones(tiny_model):
     model = tiny_model("llama", "llama-gqa", device="gpu")
     reqs = lambda: [EngineRequest(f"r{i}", [3 + i, 17, 42, 99, 7][: 3 + i % 3], SamplingOptions(  # noqa: E731
         max_tokens=10, temperature=0, ignore_eos=True)) for i in range(9)]
-    eng = LLMEngine(model, max_num_seqs=9, num_blocks=120, block_size=4, capture_graphs=True)
-    graphs = eng.runner.store.graphs
-    assert {k for k, g in graphs.items() if isinstance(g, BatchGraph)} == {(1, 16), (2, 16), (4, 16), (8, 16),
-                                                                          (16, 16)}
+    kw = dict(max_num_seqs=9, num_blocks=120, block_size=4)
+    eng = LLMEngine(model, capture_graphs=True, **kw)
+    graphs = {k: g for k, g in eng.runner.store.graphs.items() if isinstance(g, BatchGraph)}
+    assert set(graphs) == {(1, 16), (2, 16), (4, 16), (8, 16), (16, 16)}, eng.runner.store.graphs
     before = {k: g.replays for k, g in graphs.items()}
     out = eng.run_to_completion(reqs())
     assert eng.stats().kv_blocks_used == 0
     assert any(g.replays > before[k] for k, g in graphs.items())
-    model.backend.graphs = False
-    try:
-        ref = LLMEngine(model, max_num_seqs=9, num_blocks=120, block_size=4).run_to_completion(reqs())
-    finally:
-        model.backend.graphs = True
-    assert {k: [e.token_id for e in v] for k, v in out.items()} == {k: [e.token_id for e in v] for k, v in ref.items()}
+    assert _greedy(out) == _eager(model, reqs, **kw)
