@@ -121,52 +121,77 @@ def _replay(be, g: DecodeGraph, cache, tok: int, pos0: int):
     return cp.asnumpy(g.out, stream=stream)
 
 
+def capture_resources(cp):
+    """(stream, pool) for a capture: a private non-blocking stream and memory pool. Raises where this
+    CuPy / runtime has no stream capture."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    if not hasattr(stream, "begin_capture"):
+        raise RuntimeError("this CuPy has no stream capture")
+    return stream, cp.cuda.MemoryPool()
+
+
+class Captured:
+    """What :func:`eager_then_capture` got: the eager pass's host ``logits`` (set as soon as it ran),
+    why the step needed the host (``host``: then nothing was captured), the ``graph`` and its static
+    output ``out``."""
+
+    def __init__(self):
+        self.logits, self.host, self.graph, self.out = None, False, None, None
+
+
+def eager_then_capture(be, stream, pool, step, forward, to_host, got: Captured) -> Captured:
+    """Run ``forward()`` (a decode step in step mode: ``be._step = step``) once eagerly on ``stream``
+    with ``pool``'s memory, which checks for host needs and fills the pool with the step's blocks,
+    then capture the same step (nothing runs). Fills ``got`` as it goes, so a caller that catches an
+    exception still has the eager logits; raises when the capture itself fails."""
+    cp = be.cp
+    with cp.cuda.using_allocator(pool.malloc), stream:
+        be._step = step
+        try:
+            out = forward()
+            stream.synchronize()
+            got.logits = to_host(out, stream)
+            if step.host:
+                got.host = str(step.host)
+                return got
+            del out
+            mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+            if mode is None:
+                stream.begin_capture()
+            else:
+                stream.begin_capture(mode)
+            try:
+                got.out = forward()
+            finally:
+                got.graph = stream.end_capture()
+        finally:
+            be._step = None
+    if step.host:                               # cannot happen after a clean eager pass, but be safe
+        raise RuntimeError(f"the captured step needed the host ({step.host})")
+    return got
+
+
 def _capture(be, executor, ids, cache, tok: int, pos0: int):
     cp = be.cp
     try:
-        stream = cp.cuda.Stream(non_blocking=True)
-        if not hasattr(stream, "begin_capture"):
-            raise RuntimeError("this CuPy has no stream capture")
-        pool = cp.cuda.MemoryPool()
+        stream, pool = capture_resources(cp)
     except Exception as exc:  # noqa: BLE001 - any reason means: eager
         _disable(be, executor, cache, f"no graph support ({type(exc).__name__}: {exc})", permanent=True)
         return None
     step = StepBuffers(cp)
     step.write(tok, pos0)
     be.synchronize()
-    logits = None
+    got = Captured()
     try:
-        with cp.cuda.using_allocator(pool.malloc), stream:
-            be._step = step
-            try:
-                # 1. eager in step mode: checks for host needs, fills the pool with the step's blocks
-                out = executor.forward(ids, cache, pos0)
-                stream.synchronize()
-                if step.host:
-                    logits = cp.asnumpy(out, stream=stream)
-                    why = str(step.host)
-                    _disable(be, executor, cache, f"the step needs the host ({why})", pool,
-                             permanent=why in _PERMANENT)
-                    return logits
-                logits = cp.asnumpy(out, stream=stream)
-                del out
-                # 2. capture the same step (nothing runs)
-                mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
-                if mode is None:
-                    stream.begin_capture()
-                else:
-                    stream.begin_capture(mode)
-                try:
-                    out = executor.forward(ids, cache, pos0)
-                finally:
-                    graph = stream.end_capture()
-            finally:
-                be._step = None
-        if step.host:                               # cannot happen after a clean eager pass, but be safe
-            raise RuntimeError(f"the captured step needed the host ({step.host})")
-        g = DecodeGraph(executor, graph, step, out, pool, stream)
-        # 3. this step's logits from the graph itself (rewrites the same K/V row: idempotent)
-        got = _replay(be, g, cache, tok, pos0)
+        eager_then_capture(be, stream, pool, step, lambda: executor.forward(ids, cache, pos0),
+                           lambda out, st: cp.asnumpy(out, stream=st), got)
+        if got.host:
+            _disable(be, executor, cache, f"the step needs the host ({got.host})", pool,
+                     permanent=got.host in _PERMANENT)
+            return got.logits
+        g = DecodeGraph(executor, got.graph, step, got.out, pool, stream)
+        # this step's logits from the graph itself (rewrites the same K/V row: idempotent)
+        result = _replay(be, g, cache, tok, pos0)
     except Exception as exc:  # noqa: BLE001 - capture failures fall back to eager, never an error
         be._step = None
         try:
@@ -174,7 +199,7 @@ def _capture(be, executor, ids, cache, tok: int, pos0: int):
         except Exception:  # noqa: BLE001
             pass
         _disable(be, executor, cache, f"capture failed ({type(exc).__name__}: {exc})", pool)
-        return logits                                # eager step-mode logits, or None: run eager
+        return got.logits                            # eager step-mode logits, or None: run eager
     cache.graph = g
     log.debug("decode step captured at position %d", pos0)
-    return got
+    return result

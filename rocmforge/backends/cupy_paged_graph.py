@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RocmforgeError
-from .cupy_graph import _PERMANENT
+from .cupy_graph import _PERMANENT, Captured, capture_resources, eager_then_capture
 from .paged import PagedKVView
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,7 @@ def _capture(be, executor, runs, store, key):
     cp = be.cp
     R, mb = key
     try:
-        stream = cp.cuda.Stream(non_blocking=True)
-        if not hasattr(stream, "begin_capture"):
-            raise RuntimeError("this CuPy has no stream capture")
-        pool = cp.cuda.MemoryPool()
+        stream, pool = capture_resources(cp)
     except Exception as exc:  # noqa: BLE001 - any reason means: eager
         _off(be, executor, store, key, f"no graph support ({type(exc).__name__}: {exc})", permanent=True)
         return None
@@ -165,36 +162,15 @@ def _capture(be, executor, runs, store, key):
     padded = list(runs) + [([0], view, 0) for view in padding]
     n = len(runs)
     be.synchronize()
-    logits = None
+    got = Captured()
     try:
-        with cp.cuda.using_allocator(pool.malloc), stream:
-            be._step = step
-            try:
-                # 1. eager in step mode: checks for host needs, fills the pool with the step's blocks
-                out = executor.forward_batch(padded, last_only=True)
-                stream.synchronize()
-                logits = cp.asnumpy(out[:n], stream=stream)
-                if step.host:
-                    why = str(step.host)
-                    _off(be, executor, store, key, f"the step needs the host ({why})", permanent=why in _PERMANENT)
-                    return logits
-                del out
-                # 2. capture the same step (nothing runs)
-                mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
-                if mode is None:
-                    stream.begin_capture()
-                else:
-                    stream.begin_capture(mode)
-                try:
-                    out = executor.forward_batch(padded, last_only=True)
-                finally:
-                    graph = stream.end_capture()
-            finally:
-                be._step = None
-        if step.host:
-            raise RuntimeError(f"the captured step needed the host ({step.host})")
-        g = BatchGraph(executor, graph, step, out, pool, stream, padding)
-        got = _replay(be, g, runs, store.scratch)    # 3. this step's logits from the graph itself
+        eager_then_capture(be, stream, pool, step, lambda: executor.forward_batch(padded, last_only=True),
+                           lambda out, st: cp.asnumpy(out[:n], stream=st), got)
+        if got.host:
+            _off(be, executor, store, key, f"the step needs the host ({got.host})", permanent=got.host in _PERMANENT)
+            return got.logits
+        g = BatchGraph(executor, got.graph, step, got.out, pool, stream, padding)
+        result = _replay(be, g, runs, store.scratch)    # this step's logits from the graph itself
     except Exception as exc:  # noqa: BLE001 - capture failures fall back to eager, never an error
         be._step = None
         try:
@@ -202,7 +178,7 @@ def _capture(be, executor, runs, store, key):
         except Exception:  # noqa: BLE001
             pass
         _off(be, executor, store, key, f"capture failed ({type(exc).__name__}: {exc})")
-        return logits                        # the eager step-mode logits, or None: run eagerly
+        return got.logits                    # the eager step-mode logits, or None: run eagerly
     store.graphs[key] = g
     log.debug("batched decode step captured for %d rows, %d blocks per table", R, mb)
-    return got
+    return result
