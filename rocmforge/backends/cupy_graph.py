@@ -171,6 +171,16 @@ def eager_then_capture(be, stream, pool, step, forward, to_host, got: Captured) 
     return got
 
 
+def abandon_capture(be) -> None:
+    """After a failed capture: leave step mode and let queued work finish (a failure here too is moot:
+    the caller falls back to eager steps)."""
+    be._step = None
+    try:
+        be.synchronize()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def _capture(be, executor, ids, cache, tok: int, pos0: int):
     cp = be.cp
     try:
@@ -193,11 +203,7 @@ def _capture(be, executor, ids, cache, tok: int, pos0: int):
         # this step's logits from the graph itself (rewrites the same K/V row: idempotent)
         result = _replay(be, g, cache, tok, pos0)
     except Exception as exc:  # noqa: BLE001 - capture failures fall back to eager, never an error
-        be._step = None
-        try:
-            be.synchronize()
-        except Exception:  # noqa: BLE001
-            pass
+        abandon_capture(be)
         _disable(be, executor, cache, f"capture failed ({type(exc).__name__}: {exc})", pool)
         return got.logits                            # eager step-mode logits, or None: run eager
     cache.graph = g

@@ -63,6 +63,12 @@ class GpuPagedKV:
             self._written[layer] = True
         return self.k[layer], self.v[layer]
 
+    def store_args(self, layer: int, k_shape: tuple, v_shape: tuple):
+        """(kc, vc, k_scale, v_scale): the layer's pools and the scales a KV store encodes with (1.0 for f16)."""
+        kc, vc = self.layer(layer, k_shape, v_shape)
+        ks, vs = (self.k_scale[layer], self.v_scale[layer]) if self.flavour else (1.0, 1.0)
+        return kc, vc, ks, vs
+
     def copy_blocks(self, pairs) -> None:
         if not pairs:
             return
@@ -134,11 +140,10 @@ class CupyPaged:
         if H % Hkv:
             raise RocmforgeError(f"attention: {H} query heads do not group over {Hkv} kv heads")
         pool = cache.pool
-        kc, vc = pool.layer(layer, k.shape[1:], v.shape[1:])
+        kc, vc, ks, vs = pool.store_args(layer, k.shape[1:], v.shape[1:])
         table = self._table(cache)
         bs = cache.block_size
         kvdefs = pool.defines
-        ks, vs = (pool.k_scale[layer], pool.v_scale[layer]) if pool.flavour else (1.0, 1.0)
         self._launch("paged_attention.hip", "paged_kv_store", (self._grid1d(max(k.size, v.size)),), (256,),
                      (k, v, kc, vc, table, np.int64(T), np.int64(pos0), np.int64(Hkv * Dk), np.int64(Hkv * Dv),
                       np.int32(bs), np.float32(ks), np.float32(vs)), kvdefs)
@@ -203,11 +208,10 @@ class CupyPaged:
         if H % Hkv:
             raise RocmforgeError(f"attention: {H} query heads do not group over {Hkv} kv heads")
         pool = segments[0].cache.pool
-        kc, vc = pool.layer(layer, k.shape[1:], v.shape[1:])
+        kc, vc, ks, vs = pool.store_args(layer, k.shape[1:], v.shape[1:])
         rows, mb = self._paged_rows(segments)
         bs = pool.block_size
         kvdefs = pool.defines
-        ks, vs = (pool.k_scale[layer], pool.v_scale[layer]) if pool.flavour else (1.0, 1.0)
         self._launch("paged_attention.hip", "paged_kv_store_rows", (self._grid1d(max(k.size, v.size)),), (256,),
                      (k, v, kc, vc, rows, np.int32(R), np.int32(mb), np.int64(Hkv * Dk), np.int64(Hkv * Dv),
                       np.int32(bs), np.float32(ks), np.float32(vs)), kvdefs)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RocmforgeError
-from .cupy_graph import _PERMANENT, Captured, capture_resources, eager_then_capture
+from .cupy_graph import _PERMANENT, Captured, abandon_capture, capture_resources, eager_then_capture
 from .paged import PagedKVView
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,7 @@ def _capture(be, executor, runs, store, key):
         g = BatchGraph(executor, got.graph, step, got.out, pool, stream, padding)
         result = _replay(be, g, runs, store.scratch)    # this step's logits from the graph itself
     except Exception as exc:  # noqa: BLE001 - capture failures fall back to eager, never an error
-        be._step = None
-        try:
-            be.synchronize()
-        except Exception:  # noqa: BLE001
-            pass
+        abandon_capture(be)
         _off(be, executor, store, key, f"capture failed ({type(exc).__name__}: {exc})")
         return got.logits                    # the eager step-mode logits, or None: run eagerly
     store.graphs[key] = g
