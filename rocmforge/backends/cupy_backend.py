@@ -106,6 +106,13 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyRowOps
         # quantised weights ceil(T / 8) times (7B Q4_0, 16 rows on the H200: 2 x 1.7 ms against 20 ms of
         # dequant + cast + GEMM); a prefill chunk past it amortises the dequant over its rows
         self.mv_batch_max = 64
+        # 9..mmq_max rows of a block format run kernels/mmq.hip (cupy_mmq.py): the weights read once for
+        # up to 64 rows and the integer dots on the tensor cores; off, they take the matvec per 8 rows
+        self.mmq = True
+        self.mmq_max = 64
+        self.mmq_per_sm = 2          # split K to about this many blocks per multiprocessor
+        self.mmq_defines: tuple[tuple[str, int], ...] = ()
+        self.mmq_bn: int | None = None   # columns per mmq block: None picks by the batch (cupy_mmq.TILES)
         self.tiles = True            # regroup blocks into 16-byte aligned tiles at upload (or "Q4_0,Q8_0": those only)
         self.fuse = True             # join same-format q/k/v and gate/up rows into one weight
         self.fuse_steps = 2          # executor: join add + norm within (1) and across (2) layers
@@ -390,6 +397,10 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyRowOps
         T = x.shape[0]
         if T <= MATVEC_MAX_T:
             return self._matvec(x, w, bias)
+        if self.mmq and T <= self.mmq_max and w.qtype in BLOCK_KERNELS:
+            from .cupy_mmq import mmq
+
+            return mmq(self, x, w, bias, self._mv_defines(MATVEC_MAX_T))
         if T <= self.mv_batch_max:
             parts = [self._matvec(x[i:i + MATVEC_MAX_T], w, bias) for i in range(0, T, MATVEC_MAX_T)]
             return self._op("cupy_concat", self.cp.concatenate, parts)
