@@ -20,6 +20,15 @@ def check(got, ref, tol, what=""):
     return e
 
 
+def quant_case(qtype, N, K, seed):
+    """Random blocks of an (N, K) ``qtype`` weight and their float32 values (the CPU dequantiser's)."""
+    from rocmforge.quant import dequantize
+    from rocmforge.quant.samples import random_blocks
+
+    raw = random_blocks(qtype, (N, K), seed)
+    return raw, dequantize(raw, qtype, (N, K))
+
+
 def rand(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .helpers import check, rand
+from .helpers import check, quant_case, rand
 
 pytestmark = pytest.mark.gpu
 
@@ -21,19 +21,7 @@ FORMATS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K
 SHAPES = [(130, 512, 9), (333, 1024, 16), (64, 2816, 33), (257, 768, 64), (4096, 4096, 24)]
 
 
-@pytest.fixture(scope="module")
-def gb():
-    from rocmforge.backends.cupy_backend import CupyBackend
-
-    return CupyBackend(poison=True)
-
-
-def _case(qtype, N, K, seed):
-    from rocmforge.quant import dequantize
-    from rocmforge.quant.samples import random_blocks
-
-    raw = random_blocks(qtype, (N, K), seed)
-    return raw, dequantize(raw, qtype, (N, K))
+_case = quant_case
 
 
 def _int8_reference(x, wref, bias):

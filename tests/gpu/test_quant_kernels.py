@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .helpers import check, rand
+from .helpers import check, quant_case, rand
 
 pytestmark = pytest.mark.gpu
 
@@ -26,12 +26,7 @@ def gb():
     return CupyBackend(poison=True)
 
 
-def _case(qtype, N, K, seed):
-    from rocmforge.quant import dequantize
-    from rocmforge.quant.samples import random_blocks
-
-    raw = random_blocks(qtype, (N, K), seed)
-    return raw, dequantize(raw, qtype, (N, K))
+_case = quant_case
 
 
 @pytest.mark.parametrize("qtype", FORMATS)
