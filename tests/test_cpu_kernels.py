@@ -143,10 +143,11 @@ def test_tiny_model_decode_within_quantised_bounds(tiny_llama, qtype):
 
 
 @pytest.mark.parametrize("name", list(ck.INT_FORMATS))
-def test_packed_matvec_equals_the_integer_reference(name):
-    """The repacked layouts (rocmforge.backends.cpu_packed: nibbles per 32 for Q4_0 / Q4_1 / Q4_K,
-    int8 codes per 16 for the rest) give the integer reference's y bit for bit, joined parts and
-    bias included, at every T the decode path takes."""
+def test_packed_matvec_equals_the_integer_reference(name, monkeypatch):
+    """The decode layouts (rocmforge.backends.cpu_packed: the file's blocks for Q4_0 / Q4_1 / Q5_0 /
+    Q5_1 / Q8_0, nibbles per 32 for Q4_K, int8 codes per 16 for the rest) give the integer
+    reference's y bit for bit, joined parts, bias and the two-thread kernels included, at every T
+    the decode path takes."""
     from rocmforge.backends import cpu_packed as cpk
 
     N, K = _shape(name)
@@ -158,14 +159,16 @@ def test_packed_matvec_equals_the_integer_reference(name):
     bias = rng.standard_normal(N).astype(np.float32)
     for parts in ((W,), (W[:10], W[10:11], W[11:])):
         pw = cpk.pack(name, ck.FORMATS[name], parts, K)
-        assert pw.kind == ("nib32" if name in cpk.NIB32_FORMATS else "i8_16")
+        assert pw.kind == ("raw" if name in cpk.RAW_FORMATS else "nib32" if name in cpk.NIB32_FORMATS
+                           else "i8_16")
         for T in range(1, 9):
             x = (rng.standard_normal((T, K)) * rng.uniform(0.01, 10)).astype(np.float32)
             x[:, :32] = 0.0 if T == 2 else x[:, :32]
             for b in (None, bias):
                 y = np.empty((T, N), np.float32)
+                monkeypatch.setattr(cpk, "PARALLEL_MIN_MACS", 0 if T % 2 else 10**12)   # both kernels
                 cpk.matvec(pw, x, ck_bias(b), y, 2)
-                if pw.kind == "nib32":     # one scale and offset per 32: the whole-block arithmetic
+                if pw.kind != "i8_16":     # one scale and offset per 32: the whole-block arithmetic
                     q, d, m = codes
                     want = ref.matvec_int32(q, d[:, 0::2], m[:, 0::2], x, b)
                 else:
@@ -173,7 +176,7 @@ def test_packed_matvec_equals_the_integer_reference(name):
                 np.testing.assert_array_equal(y, want, err_msg=f"{name} T={T}")
                 fl = x @ wf.T + (0 if b is None else b)           # and near the float product
                 assert ((y - fl) ** 2).sum() <= 1e-3 * (fl ** 2).sum()
-    assert pw.nbytes / (N * K) <= (0.75 if pw.kind == "nib32" else 1.5)
+    assert pw.nbytes / (N * K) <= {"raw": 0.0, "nib32": 0.75, "i8_16": 1.5}[pw.kind]
 
 
 def test_integer_formats_have_no_generic_matvec(kernels):

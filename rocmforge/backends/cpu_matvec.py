@@ -1,0 +1,212 @@
+"""The CPU decode matvecs y (T, N) = x (T, K) @ W.T (+ bias) for the integer formats, one compiled call
+each: the int8 quantisation of x and the block products (:mod:`rocmforge.backends.cpu_simd`) over the
+weight's rows.
+
+Three weight layouts (:mod:`rocmforge.backends.cpu_packed` chooses and builds them):
+
+* ``raw`` — Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 straight from the file's blocks (up to three row blocks
+  joined, q|k|v or gate|up, no copy): one f16 scale d (and min) per 32;
+* ``nib32`` — Q4_K repacked: nibbles per 32 (cpu_simd's nibble block), d and m float32 per 32;
+* ``i8_16`` — every other integer format repacked to int8 codes, d and m float32 per 16.
+
+Arithmetic (:mod:`rocmforge.backends.cpu_reference`, bit for bit): the exact int32 dot product s of
+each block with the activation codes, then float32 steps block after block. Per whole block of 32
+(raw, nib32; ``matvec_int32``): ``s = dot(codes, xq) - off * sum(xq)`` (off 8 for Q4_0's, 16 for
+Q5_0's unsigned codes; the result is the signed codes' dot product) and ``acc += xd * (d * s) - m *
+xs32``; per half block (i8_16; ``matvec_int``) ``acc += xd * (d0 * s0 + d1 * s1) - (m0 * xs0 + m1 * xs1)``.
+
+Each layout has a serial and a ``parallel=True`` kernel: waking numba's OpenMP team costs tens of
+microseconds with passive waiting, more than a small matrix takes on one core.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .cpu_simd import dot_i8, dot_i8_halves, dot_nib, dot_nib5, load_f16
+
+_F32 = np.float32
+_U = np.uint64
+
+# format ids (cpu_decoders.INT_FORMATS) of the raw layout, with their block bytes
+RAW_BLOCK_BYTES = {0: 18, 1: 20, 2: 22, 3: 24, 4: 34}
+
+
+# ---- activations -------------------------------------------------------------------------------
+
+@njit(inline="always", cache=True)
+def _quantize(x, xq, xd, xs, isum32, xs32):
+    """x (T, K) float32 -> int8 codes xq (T, K), per block of 32 the scale xd, the code sum isum32 and
+    xs32 = xd * isum32, per half block xs = xd * (half sum) (rf_q8.h; cpu_reference.quantize_act)."""
+    T, K = x.shape
+    for t in range(T):
+        for g in range(K // 32):
+            p = 32 * g
+            amax = _F32(0.0)
+            for i in range(32):
+                a = abs(x[t, p + i])
+                if a > amax:
+                    amax = a
+            dd = amax / _F32(127.0)
+            inv = _F32(1.0) / dd if dd > _F32(0.0) else _F32(0.0)
+            s0 = 0
+            s1 = 0
+            for i in range(16):
+                v = np.int64(np.rint(x[t, p + i] * inv))
+                xq[t, p + i] = v
+                s0 += v
+            for i in range(16, 32):
+                v = np.int64(np.rint(x[t, p + i] * inv))
+                xq[t, p + i] = v
+                s1 += v
+            xd[t, g] = dd
+            xs[t, 2 * g] = dd * _F32(s0)
+            xs[t, 2 * g + 1] = dd * _F32(s1)
+            isum32[t, g] = s0 + s1
+            xs32[t, g] = dd * _F32(s0 + s1)
+
+
+@njit(cache=True)
+def quantize(x, xq, xd, xs, isum32, xs32):
+    _quantize(x, xq, xd, xs, isum32, xs32)
+
+
+@njit(inline="always", cache=True)
+def _pick(W0, W1, W2, r):
+    n0, n1 = W0.shape[0], W1.shape[0]
+    if r < n0:
+        return W0[r]
+    if r < n0 + n1:
+        return W1[r - n0]
+    return W2[r - n0 - n1]
+
+
+# ---- raw blocks ------------------------------------------------------------------------------
+
+@njit(inline="always", cache=True)
+def _raw_row(fmt, row, xq, xd, isum32, xs32):
+    """One row of the file's blocks against one activation row: the whole-block arithmetic."""
+    G = xd.shape[0]
+    acc = _F32(0.0)
+    zero = _F32(0.0)
+    if fmt == 1:                                    # Q4_1 {d, min; qs[16]}
+        for g in range(G):
+            o = _U(20) * _U(g)
+            s = dot_nib(row, o + _U(4), xq, _U(32) * _U(g))
+            m = -load_f16(row, o + _U(2))
+            acc += xd[g] * (load_f16(row, o) * _F32(s)) - m * xs32[g]
+    elif fmt == 0:                                  # Q4_0 {d; qs[16]}: codes nibble - 8
+        for g in range(G):
+            o = _U(18) * _U(g)
+            s = np.int64(dot_nib(row, o + _U(2), xq, _U(32) * _U(g))) - 8 * np.int64(isum32[g])
+            acc += xd[g] * (load_f16(row, o) * _F32(s)) - zero * xs32[g]
+    elif fmt == 4:                                  # Q8_0 {d; int8 qs[32]}
+        for g in range(G):
+            o = _U(34) * _U(g)
+            s = dot_i8(row, o + _U(2), xq, _U(32) * _U(g))
+            acc += xd[g] * (load_f16(row, o) * _F32(s)) - zero * xs32[g]
+    elif fmt == 2:                                  # Q5_0 {d; qh; qs[16]}: codes - 16
+        for g in range(G):
+            o = _U(22) * _U(g)
+            s = np.int64(dot_nib5(row, o + _U(6), o + _U(2), xq, _U(32) * _U(g))) - 16 * np.int64(isum32[g])
+            acc += xd[g] * (load_f16(row, o) * _F32(s)) - zero * xs32[g]
+    else:                                           # Q5_1 {d, min; qh; qs[16]}
+        for g in range(G):
+            o = _U(24) * _U(g)
+            s = dot_nib5(row, o + _U(8), o + _U(4), xq, _U(32) * _U(g))
+            m = -load_f16(row, o + _U(2))
+            acc += xd[g] * (load_f16(row, o) * _F32(s)) - m * xs32[g]
+    return acc
+
+
+@njit(inline="always", cache=True)
+def _raw_rows(fmt, W0, W1, W2, xq, xd, isum32, xs32, bias, y, r0, r1):
+    for r in range(r0, r1):
+        row = _pick(W0, W1, W2, r)
+        for t in range(xq.shape[0]):
+            acc = _raw_row(fmt, row, xq[t], xd[t], isum32[t], xs32[t])
+            y[t, r] = acc + bias[r] if bias.shape[0] else acc
+
+
+@njit(cache=True, fastmath=False)
+def mv_raw(fmt, W0, W1, W2, x, bias, y, xq, xd, xs, isum32, xs32):
+    _quantize(x, xq, xd, xs, isum32, xs32)
+    _raw_rows(fmt, W0, W1, W2, xq, xd, isum32, xs32, bias, y, 0, y.shape[1])
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def mv_raw_par(fmt, W0, W1, W2, x, bias, y, xq, xd, xs, isum32, xs32, nchunk):
+    _quantize(x, xq, xd, xs, isum32, xs32)
+    N = y.shape[1]
+    for c in prange(nchunk):
+        _raw_rows(fmt, W0, W1, W2, xq, xd, isum32, xs32, bias, y, c * N // nchunk, (c + 1) * N // nchunk)
+
+
+# ---- repacked nibbles per 32 (Q4_K) --------------------------------------------------------------
+
+@njit(inline="always", cache=True)
+def _nib32_rows(codes, d, m, off, xq, xd, isum32, xs32, bias, y, r0, r1):
+    G = d.shape[1]
+    for r in range(r0, r1):
+        row, dr, mr = codes[r], d[r], m[r]
+        for t in range(xq.shape[0]):
+            xt, xdt, ist, xst = xq[t], xd[t], isum32[t], xs32[t]
+            acc = _F32(0.0)
+            for g in range(G):
+                u = _U(g)
+                s = np.int64(dot_nib(row, _U(16) * u, xt, _U(32) * u)) - off * np.int64(ist[u])
+                acc += xdt[u] * (dr[u] * _F32(s)) - mr[u] * xst[u]
+            y[t, r] = acc + bias[r] if bias.shape[0] else acc
+
+
+@njit(cache=True, fastmath=False)
+def mv_nib32(codes, d, m, off, x, bias, y, xq, xd, xs, isum32, xs32):
+    _quantize(x, xq, xd, xs, isum32, xs32)
+    _nib32_rows(codes, d, m, off, xq, xd, isum32, xs32, bias, y, 0, y.shape[1])
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def mv_nib32_par(codes, d, m, off, x, bias, y, xq, xd, xs, isum32, xs32, nchunk):
+    _quantize(x, xq, xd, xs, isum32, xs32)
+    N = y.shape[1]
+    for c in prange(nchunk):
+        _nib32_rows(codes, d, m, off, xq, xd, isum32, xs32, bias, y, c * N // nchunk, (c + 1) * N // nchunk)
+
+
+# ---- repacked int8 codes, scales per 16 (every other integer format) ------------------------------
+
+@njit(inline="always", cache=True)
+def _i8_16_rows(codes, d, m, xq, xd, xs, bias, y, r0, r1):
+    G = xd.shape[1]
+    has_m = m.shape[1] > 0
+    for r in range(r0, r1):
+        row, dr = codes[r], d[r]
+        mr = m[r] if has_m else d[r]
+        for t in range(xq.shape[0]):
+            xt, xdt, xst = xq[t], xd[t], xs[t]
+            acc = _F32(0.0)
+            for g in range(G):
+                s0, s1 = dot_i8_halves(row, _U(32) * _U(g), xt, _U(32) * _U(g))
+                h0, h1 = _U(2 * g), _U(2 * g + 1)
+                part = xdt[_U(g)] * (dr[h0] * _F32(s0) + dr[h1] * _F32(s1))
+                if has_m:
+                    part -= mr[h0] * xst[h0] + mr[h1] * xst[h1]
+                else:
+                    part -= _F32(0.0) * xst[h0] + _F32(0.0) * xst[h1]
+                acc += part
+            y[t, r] = acc + bias[r] if bias.shape[0] else acc
+
+
+@njit(cache=True, fastmath=False)
+def mv_i8_16(codes, d, m, x, bias, y, xq, xd, xs, isum32, xs32):
+    _quantize(x, xq, xd, xs, isum32, xs32)
+    _i8_16_rows(codes, d, m, xq, xd, xs, bias, y, 0, y.shape[1])
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def mv_i8_16_par(codes, d, m, x, bias, y, xq, xd, xs, isum32, xs32, nchunk):
+    _quantize(x, xq, xd, xs, isum32, xs32)
+    N = y.shape[1]
+    for c in prange(nchunk):
+        _i8_16_rows(codes, d, m, xq, xd, xs, bias, y, c * N // nchunk, (c + 1) * N // nchunk)
