@@ -85,48 +85,63 @@ def _pick(W0, W1, W2, r):
 # ---- raw blocks ------------------------------------------------------------------------------
 
 @njit(inline="always", cache=True)
-def _raw_row(fmt, row, xq, xd, isum32, xs32):
-    """One row of the file's blocks against one activation row: the whole-block arithmetic."""
-    G = xd.shape[0]
+def _raw_row(fmt, W, base, xq, t, xd, isum32, xs32):
+    """Row block W's bytes from ``base`` (a flat offset) against activation row t: the whole-block
+    arithmetic. Flat offsets into the 2-D arrays, no row views (their reference counts cost more
+    than a block's products)."""
+    G = xd.shape[1]
+    xo = _U(t) * _U(xq.shape[1])
     acc = _F32(0.0)
     zero = _F32(0.0)
     if fmt == 1:                                    # Q4_1 {d, min; qs[16]}
         for g in range(G):
-            o = _U(20) * _U(g)
-            s = dot_nib(row, o + _U(4), xq, _U(32) * _U(g))
-            m = -load_f16(row, o + _U(2))
-            acc += xd[g] * (load_f16(row, o) * _F32(s)) - m * xs32[g]
+            o = base + _U(20) * _U(g)
+            s = dot_nib(W, o + _U(4), xq, xo + _U(32) * _U(g))
+            m = -load_f16(W, o + _U(2))
+            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - m * xs32[t, g]
     elif fmt == 0:                                  # Q4_0 {d; qs[16]}: codes nibble - 8
         for g in range(G):
-            o = _U(18) * _U(g)
-            s = np.int64(dot_nib(row, o + _U(2), xq, _U(32) * _U(g))) - 8 * np.int64(isum32[g])
-            acc += xd[g] * (load_f16(row, o) * _F32(s)) - zero * xs32[g]
+            o = base + _U(18) * _U(g)
+            s = np.int64(dot_nib(W, o + _U(2), xq, xo + _U(32) * _U(g))) - 8 * np.int64(isum32[t, g])
+            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - zero * xs32[t, g]
     elif fmt == 4:                                  # Q8_0 {d; int8 qs[32]}
         for g in range(G):
-            o = _U(34) * _U(g)
-            s = dot_i8(row, o + _U(2), xq, _U(32) * _U(g))
-            acc += xd[g] * (load_f16(row, o) * _F32(s)) - zero * xs32[g]
+            o = base + _U(34) * _U(g)
+            s = dot_i8(W, o + _U(2), xq, xo + _U(32) * _U(g))
+            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - zero * xs32[t, g]
     elif fmt == 2:                                  # Q5_0 {d; qh; qs[16]}: codes - 16
         for g in range(G):
-            o = _U(22) * _U(g)
-            s = np.int64(dot_nib5(row, o + _U(6), o + _U(2), xq, _U(32) * _U(g))) - 16 * np.int64(isum32[g])
-            acc += xd[g] * (load_f16(row, o) * _F32(s)) - zero * xs32[g]
+            o = base + _U(22) * _U(g)
+            s = np.int64(dot_nib5(W, o + _U(6), o + _U(2), xq, xo + _U(32) * _U(g))) - 16 * np.int64(isum32[t, g])
+            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - zero * xs32[t, g]
     else:                                           # Q5_1 {d, min; qh; qs[16]}
         for g in range(G):
-            o = _U(24) * _U(g)
-            s = dot_nib5(row, o + _U(8), o + _U(4), xq, _U(32) * _U(g))
-            m = -load_f16(row, o + _U(2))
-            acc += xd[g] * (load_f16(row, o) * _F32(s)) - m * xs32[g]
+            o = base + _U(24) * _U(g)
+            s = dot_nib5(W, o + _U(8), o + _U(4), xq, xo + _U(32) * _U(g))
+            m = -load_f16(W, o + _U(2))
+            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - m * xs32[t, g]
     return acc
 
 
 @njit(inline="always", cache=True)
-def _raw_rows(fmt, W0, W1, W2, xq, xd, isum32, xs32, bias, y, r0, r1):
-    for r in range(r0, r1):
-        row = _pick(W0, W1, W2, r)
+def _raw_part(fmt, W, r0, r1, first, xq, xd, isum32, xs32, bias, y):
+    """Rows r0..r1 of the joined weight that lie in part W, whose first row is joined row ``first``."""
+    lo = max(r0, first)
+    hi = min(r1, first + W.shape[0])
+    nb = _U(W.shape[1])
+    for r in range(lo, hi):
+        base = _U(r - first) * nb
         for t in range(xq.shape[0]):
-            acc = _raw_row(fmt, row, xq[t], xd[t], isum32[t], xs32[t])
+            acc = _raw_row(fmt, W, base, xq, t, xd, isum32, xs32)
             y[t, r] = acc + bias[r] if bias.shape[0] else acc
+
+
+@njit(inline="always", cache=True)
+def _raw_rows(fmt, W0, W1, W2, xq, xd, isum32, xs32, bias, y, r0, r1):
+    n0, n1 = W0.shape[0], W1.shape[0]
+    _raw_part(fmt, W0, r0, r1, 0, xq, xd, isum32, xs32, bias, y)
+    _raw_part(fmt, W1, r0, r1, n0, xq, xd, isum32, xs32, bias, y)
+    _raw_part(fmt, W2, r0, r1, n0 + n1, xq, xd, isum32, xs32, bias, y)
 
 
 @njit(cache=True, fastmath=False)

@@ -43,7 +43,8 @@ def isa() -> str:
 
 
 def _ptr(context, builder, arrty, arr, off):
-    """Address of byte ``off`` of a 1-D uint8/int8 array."""
+    """Address of byte ``off`` of a C-contiguous uint8/int8 array of any rank (flat index: a 2-D
+    array with r * row_bytes + o needs no row view, whose reference counting costs more than a block)."""
     data = context.make_array(arrty)(context, builder, arr).data
     return builder.gep(data, [off])
 
