@@ -99,12 +99,14 @@ class CpuBackend(NumpyBackend):
 
     def describe(self) -> str:
         ck = self._ck
+        from .cpu_simd import isa
+
         secs = ck.compile_seconds or 0.0
         return (f"numba {ck.numba.__version__} int8 kernels ({ck.numba.threading_layer()}, "
-                f"{self.kernels.nthreads} threads; ready in {secs:.1f} s): decode matvecs for T <= "
-                f"{self.max_kernel_rows} read the weights repacked at first use (4-bit nibbles per 32 for "
-                f"Q4_0/Q4_1/Q4_K, int8 codes per 16 for the other integer formats), prefill dequantises row "
-                f"chunks for BLAS")
+                f"{self.kernels.nthreads} threads, {isa()}; ready in {secs:.1f} s): decode matvecs for T <= "
+                f"{self.max_kernel_rows} read Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 from the file's blocks, Q4_K repacked to "
+                f"nibbles per 32, the other integer formats repacked to int8 codes per 16; prefill "
+                f"dequantises row chunks for BLAS")
 
     # -- weights
     def _quant(self, raws) -> QuantWeight | None:
