@@ -80,15 +80,21 @@ def ck_bias(b):
 def test_activation_quantisation_matches_reference():
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32) * 3
     x[1, 32:] = 0.0
-    xq = np.empty((3, 64), np.float32)
+    from rocmforge.backends import cpu_matvec
+
+    xq = np.empty((3, 64), np.int8)
     xd = np.empty((3, 2), np.float32)
     xs = np.empty((3, 4), np.float32)
-    ck.quantize_act(x, xq, xd, xs)
+    isum32 = np.empty((3, 2), np.int32)
+    xs32 = np.empty((3, 2), np.float32)
+    cpu_matvec.quantize(x, xq, xd, xs, isum32, xs32)
     rq, rd, rs = ref.quantize_act(x)
     np.testing.assert_array_equal(xq, rq)
     np.testing.assert_array_equal(xd, rd)
     np.testing.assert_array_equal(xs, rs)
-    assert np.abs(xq).max() <= 127
+    np.testing.assert_array_equal(isum32, rq.reshape(3, 2, 32).sum(-1))
+    np.testing.assert_array_equal(xs32, rd * rq.reshape(3, 2, 32).sum(-1).astype(np.float32))
+    assert np.abs(xq.astype(np.int32)).max() <= 127
 
 
 # ---- whole tiny models through CpuBackend ---------------------------------------------------------

@@ -1,7 +1,7 @@
-"""CPU kernels that read quantised blocks directly (Numba): the float-decoded formats' matvec, row
-dequantisation, and the int8 activation quantisation (the per-format row decoders they call live in
-:mod:`rocmforge.backends.cpu_decoders`; the integer formats' decode matvecs over repacked weights
-in :mod:`rocmforge.backends.cpu_packed`, which packs them with these decoders).
+"""CPU kernels that read quantised blocks directly (Numba): the float-decoded formats' matvec and row
+dequantisation (the per-format row decoders they call live in :mod:`rocmforge.backends.cpu_decoders`;
+the integer formats' decode matvecs, with the int8 activation quantisation, in
+:mod:`rocmforge.backends.cpu_matvec` over the layouts :mod:`rocmforge.backends.cpu_packed` makes).
 
 The arithmetic is the GPU's (kernels/rf_quant.h, kernels/matvec.hip), row by row:
 
@@ -51,37 +51,6 @@ from .cpu_decoders import (  # noqa: E402, F401 - the format tables are public h
     decode_row,
     decode_row_float,
 )
-
-# ---- activations -------------------------------------------------------------------------------
-
-@njit(cache=True)
-def quantize_act(x, xq, xd, xs):
-    """x (T, K) float32 -> int8 blocks of 32 (rf_q8.h): codes xq (T, K) (any numeric dtype),
-    scales xd (T, K/32), scaled half sums xs (T, K/16)."""
-    T, K = x.shape
-    for t in range(T):
-        for g in range(K // 32):
-            p = 32 * g
-            amax = _F32(0.0)
-            for i in range(32):
-                a = abs(x[t, p + i])
-                if a > amax:
-                    amax = a
-            dd = amax / _F32(127.0)
-            inv = _F32(1.0) / dd if dd > _F32(0.0) else _F32(0.0)
-            s0 = 0
-            s1 = 0
-            for i in range(32):
-                v = np.int64(np.rint(x[t, p + i] * inv))
-                xq[t, p + i] = v
-                if i < 16:
-                    s0 += v
-                else:
-                    s1 += v
-            xd[t, g] = dd
-            xs[t, 2 * g] = dd * _F32(s0)
-            xs[t, 2 * g + 1] = dd * _F32(s1)
-
 
 # ---- matvec of the float-decoded formats: y (T, N) = x (T, K) @ W.T (+ bias) for T = 1..MAX_T ----
 # W is up to three row blocks of one format (the q|k|v or gate|up weights of a layer, joined

@@ -72,16 +72,6 @@ def quantize(x, xq, xd, xs, isum32, xs32):
     _quantize(x, xq, xd, xs, isum32, xs32)
 
 
-@njit(inline="always", cache=True)
-def _pick(W0, W1, W2, r):
-    n0, n1 = W0.shape[0], W1.shape[0]
-    if r < n0:
-        return W0[r]
-    if r < n0 + n1:
-        return W1[r - n0]
-    return W2[r - n0 - n1]
-
-
 # ---- raw blocks ------------------------------------------------------------------------------
 
 @njit(inline="always", cache=True)
