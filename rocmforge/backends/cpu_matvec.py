@@ -153,15 +153,16 @@ def mv_raw_par(fmt, W0, W1, W2, x, bias, y, xq, xd, xs, isum32, xs32, nchunk):
 @njit(inline="always", cache=True)
 def _nib32_rows(codes, d, m, off, xq, xd, isum32, xs32, bias, y, r0, r1):
     G = d.shape[1]
+    nb = _U(codes.shape[1])
     for r in range(r0, r1):
-        row, dr, mr = codes[r], d[r], m[r]
+        base = _U(r) * nb
         for t in range(xq.shape[0]):
-            xt, xdt, ist, xst = xq[t], xd[t], isum32[t], xs32[t]
+            xo = _U(t) * _U(xq.shape[1])
             acc = _F32(0.0)
             for g in range(G):
-                u = _U(g)
-                s = np.int64(dot_nib(row, _U(16) * u, xt, _U(32) * u)) - off * np.int64(ist[u])
-                acc += xdt[u] * (dr[u] * _F32(s)) - mr[u] * xst[u]
+                s = np.int64(dot_nib(codes, base + _U(16) * _U(g), xq, xo + _U(32) * _U(g))) \
+                    - off * np.int64(isum32[t, g])
+                acc += xd[t, g] * (d[r, g] * _F32(s)) - m[r, g] * xs32[t, g]
             y[t, r] = acc + bias[r] if bias.shape[0] else acc
 
 
@@ -185,20 +186,20 @@ def mv_nib32_par(codes, d, m, off, x, bias, y, xq, xd, xs, isum32, xs32, nchunk)
 def _i8_16_rows(codes, d, m, xq, xd, xs, bias, y, r0, r1):
     G = xd.shape[1]
     has_m = m.shape[1] > 0
+    nb = _U(codes.shape[1])
     for r in range(r0, r1):
-        row, dr = codes[r], d[r]
-        mr = m[r] if has_m else d[r]
+        base = _U(r) * nb
         for t in range(xq.shape[0]):
-            xt, xdt, xst = xq[t], xd[t], xs[t]
+            xo = _U(t) * _U(xq.shape[1])
             acc = _F32(0.0)
             for g in range(G):
-                s0, s1 = dot_i8_halves(row, _U(32) * _U(g), xt, _U(32) * _U(g))
-                h0, h1 = _U(2 * g), _U(2 * g + 1)
-                part = xdt[_U(g)] * (dr[h0] * _F32(s0) + dr[h1] * _F32(s1))
+                s0, s1 = dot_i8_halves(codes, base + _U(32) * _U(g), xq, xo + _U(32) * _U(g))
+                h0, h1 = 2 * g, 2 * g + 1
+                part = xd[t, g] * (d[r, h0] * _F32(s0) + d[r, h1] * _F32(s1))
                 if has_m:
-                    part -= mr[h0] * xst[h0] + mr[h1] * xst[h1]
+                    part -= m[r, h0] * xs[t, h0] + m[r, h1] * xs[t, h1]
                 else:
-                    part -= _F32(0.0) * xst[h0] + _F32(0.0) * xst[h1]
+                    part -= _F32(0.0) * xs[t, h0] + _F32(0.0) * xs[t, h1]
                 acc += part
             y[t, r] = acc + bias[r] if bias.shape[0] else acc
 
