@@ -336,9 +336,18 @@ def test_backend_embedding_and_gemm_costs(np_backend):
     assert set(got) >= {"dequant_q4_0", "cupy_cast_f16", "cublas_gemm_f16", "cupy_cast_f32"}
     assert got["dequant_q4_0"].weight_bytes == N * rb
     assert got["cublas_gemm_f16"].flops == 2 * T * N * K
-    with profiling(np_backend, events=False) as prof:       # 16 rows: two 8-row matvecs, no GEMM
+    with profiling(np_backend, events=False) as prof:       # 16 rows: the batch kernel, no GEMM
         np_backend.linear(np.zeros((16, K), np.float32), w)
-        names = [s.name for s in prof.samples()]
+        samples = {s.name: s for s in prof.samples()}
+    assert "mmq_q4_0" in samples and "cublas_gemm_f16" not in samples and "matvec_q4_0" not in samples
+    assert samples["mmq_q4_0"].weight_bytes == N * rb and samples["mmq_q4_0"].flops == 2 * 16 * N * K
+    np_backend.mmq = False
+    try:
+        with profiling(np_backend, events=False) as prof:   # without it: two 8-row matvecs
+            np_backend.linear(np.zeros((16, K), np.float32), w)
+            names = [s.name for s in prof.samples()]
+    finally:
+        np_backend.mmq = True
     assert names.count("matvec_q4_0") == 2 and "cublas_gemm_f16" not in names
 
 

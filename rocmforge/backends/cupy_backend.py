@@ -108,8 +108,9 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyRowOps
         self.mv_batch_max = 64
         # 9..mmq_max rows of a block format run kernels/mmq.hip (cupy_mmq.py): the weights read once for
         # up to 64 rows and the integer dots on the tensor cores; off, they take the matvec per 8 rows
+        # up to mv_batch_max, as other formats do
         self.mmq = True
-        self.mmq_max = 64
+        self.mmq_max = 64           # alone dequant + GEMM wins from ~40 rows, in the engine step it lost (RESULTS.md)
         self.mmq_per_sm = 2          # split K to about this many blocks per multiprocessor
         self.mmq_defines: tuple[tuple[str, int], ...] = ()
         self.mmq_bn: int | None = None   # columns per mmq block: None picks by the batch (cupy_mmq.TILES)
@@ -397,11 +398,12 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyRowOps
         T = x.shape[0]
         if T <= MATVEC_MAX_T:
             return self._matvec(x, w, bias)
-        if self.mmq and T <= self.mmq_max and w.qtype in BLOCK_KERNELS:
+        batch_kernel = self.mmq and w.qtype in BLOCK_KERNELS
+        if batch_kernel and T <= self.mmq_max:
             from .cupy_mmq import mmq
 
             return mmq(self, x, w, bias, self._mv_defines(MATVEC_MAX_T))
-        if T <= self.mv_batch_max:
+        if T <= self.mv_batch_max and not batch_kernel:
             parts = [self._matvec(x[i:i + MATVEC_MAX_T], w, bias) for i in range(0, T, MATVEC_MAX_T)]
             return self._op("cupy_concat", self.cp.concatenate, parts)
         return self._gemm(x, w, bias)

@@ -7,6 +7,8 @@ launch whose arguments do not look as expected gets no figure, never a wrong one
 * ``matvec_*``: the weight rows it reads (all N rows; in MoE mode N rows of
   one expert per column) plus its activation, output and id arrays;
   FLOPs 2 * N * K per column;
+* ``mmq_<format>``: the weight rows once for all its columns, plus activation and output;
+  FLOPs 2 * N * K per column;
 * ``dequant_*``: the rows it decodes (embedding lookups: one row per token)
   plus the output;
 * ``kv_store``: new K/V read (fp32) and written (fp16);
@@ -76,6 +78,14 @@ def _matvec_cost(name: str, a: tuple) -> Cost | None:
     return Cost(weight + _nb(a[1:]), 2 * int(N) * int(K) * cols, weight)
 
 
+def _mmq_cost(name: str, a: tuple) -> Cost | None:
+    if name == "mmq_reduce" or len(a) != 11:     # (w, rb, xq, xd, xs, y, b, N, K, T, groups per split)
+        return Cost(_nb(a)) if name == "mmq_reduce" else None
+    N, K, T = int(a[7]), int(a[8]), int(a[9])
+    weight = N * int(a[1])
+    return Cost(weight + _nb(a[2:]), 2 * N * K * T, weight)
+
+
 def _dequant_cost(name: str, a: tuple) -> Cost | None:
     if len(a) != 7:                              # (w, rb | kind, rows, n_rows, K, o32, o16)
         return None
@@ -109,7 +119,7 @@ def _attn_cost(name: str, a: tuple) -> Cost | None:
     return Cost(kv + _nb(small), 2 * H * (Dk + Dv) * pairs)
 
 
-_COSTS = (("matvec_", _matvec_cost), ("dequant_", _dequant_cost), ("kv_store", _kv_store_cost),
+_COSTS = (("matvec_", _matvec_cost), ("mmq_", _mmq_cost), ("dequant_", _dequant_cost), ("kv_store", _kv_store_cost),
           ("attn_decode", _attn_cost), ("attn_prefill", _attn_cost))
 
 

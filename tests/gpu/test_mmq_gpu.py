@@ -34,6 +34,7 @@ def _int8_reference(x, wref, bias):
 
 
 def _linear(gb, x, w, bias, **attrs):
+    attrs.setdefault("mmq_max", 64)       # the kernel at every batch here, past the backend's GEMM switch
     old = {k: getattr(gb, k) for k in attrs}
     try:
         for k, v in attrs.items():
