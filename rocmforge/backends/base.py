@@ -18,6 +18,9 @@ class Backend(ABC):
     name: str = "?"
     device: str = "cpu"
     kv_bytes: int = 4          # bytes per K/V element of its KV caches (sizes the paged pool)
+    # the serving engine's default token rows per step: a prompt chunk beside the running decodes
+    # costs them this much wait, and a larger one amortises each prefill pass over the weights
+    step_tokens: int = 512
 
     # -- data movement
     @abstractmethod

@@ -98,6 +98,7 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyRowOps
         # position come from device buffers; ops that need the host mark it on `_step.host`
         self._step: Any = None
         self._rows_of: Any = None       # (segments, device rows, mb) of the forward's batched paged decode
+        self._runs_of: Any = None       # (segments, runs) of the forward's paged attention (cupy_paged.py)
         self._no_graph: Any = None   # executors whose steps cannot be captured (weakref.WeakSet)
         # matvec launch shape (benchmarks/gpu_ops.py --sweep tries others); t1: a MAXT=1 module for T = 1
         self.mv_rows, self.mv_rpw, self.mv_unroll, self.mv_t1 = MATVEC_ROWS, MATVEC_RPW, MATVEC_UNROLL, True
@@ -106,6 +107,9 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyRowOps
         # quantised weights ceil(T / 8) times (7B Q4_0, 16 rows on the H200: 2 x 1.7 ms against 20 ms of
         # dequant + cast + GEMM); a prefill chunk past it amortises the dequant over its rows
         self.mv_batch_max = 64
+        # a 2048-row prefill chunk takes ~0.2 s of a 7B's weights on an H200 (pp ~11k t/s): 4x the
+        # CPU's 512 keeps a 64-request wave's prefill in few passes, as vLLM's 2048 default does
+        self.step_tokens = 2048
         # 9..mmq_max rows of a block format run kernels/mmq.hip (cupy_mmq.py): the weights read once for
         # up to 64 rows and the integer dots on the tensor cores; off, they take the matvec per 8 rows
         # up to mv_batch_max, as other formats do

@@ -169,12 +169,47 @@ class CupyPaged:
         return out
 
     def attention_batch(self, q, k, v, segments, layer, scale, **opts):
-        views = [s.cache for s in segments]
-        batched = (all(s.length == 1 for s in segments) and all(isinstance(c, PagedKVView) for c in views)
-                   and len({id(c.pool) for c in views}) == 1 and (len(segments) > 1 or self._step is not None))
-        if not batched:
+        runs = self._attention_runs(segments)
+        if runs is None:
             return super().attention_batch(q, k, v, segments, layer, scale, **opts)
-        return self._attention_rows(q, k, v, segments, layer, scale, **opts)
+        if len(runs) == 1 and runs[0][0]:
+            return self._attention_rows(q, k, v, segments, layer, scale, **opts)
+        parts = []
+        for rows, segs in runs:
+            if rows:
+                a, b = segs[0].start, segs[-1].start + segs[-1].length
+                parts.append(self._attention_rows(q[a:b], k[a:b], v[a:b], segs, layer, scale, **opts))
+            else:
+                parts += [self.attention(q[s.start:s.start + s.length], k[s.start:s.start + s.length],
+                                         v[s.start:s.start + s.length], s.cache, layer, s.pos0, scale, **opts)
+                          for s in segs]
+        return self.concat(parts)
+
+    def _attention_runs(self, segments):
+        """How a batch's attention runs, the same for every layer of one forward: [(rows, segments)]
+        in batch order, ``rows`` for a run of one-token segments that take one rows launch; None when
+        the batch is not all paged views of one pool. A serving step that mixes prompt chunks with the
+        running decodes keeps those decodes in one launch per layer (one call per sequence made a
+        64-sequence step with a prompt chunk in it several times slower than a decode step)."""
+        got = self._runs_of
+        if got is not None and got[0] is segments:
+            return got[1]
+        views = [s.cache for s in segments]
+        runs = None
+        if all(isinstance(c, PagedKVView) for c in views) and len({id(c.pool) for c in views}) == 1:
+            if all(s.length == 1 for s in segments):
+                runs = [(len(segments) > 1 or self._step is not None, list(segments))]
+            else:
+                runs = []
+                for s in segments:
+                    one = s.length == 1
+                    if runs and runs[-1][0] == one:
+                        runs[-1][1].append(s)
+                    else:
+                        runs.append((one, [s]))
+                runs = [(one and len(segs) > 1, segs) for one, segs in runs]
+        self._runs_of = (segments, runs)
+        return runs
 
     def _paged_rows(self, segments):
         """(rows, mb): [pos (R) | tables (R, mb)] int32 on the device for one token per segment. A

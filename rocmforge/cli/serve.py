@@ -59,7 +59,8 @@ def add_parser(sub) -> None:
     g.add_argument("--kv-cache-gb", type=_positive_float, metavar="G", help="memory for the paged KV cache")
     g.add_argument("--block-size", type=_positive, metavar="B", help="tokens per KV block (default 16)")
     g.add_argument("--max-num-batched-tokens", type=_positive, metavar="T",
-                   help="tokens in one step: a long prompt's prefill is chunked to fit beside running decodes")
+                   help="tokens in one step: a long prompt's prefill is chunked to fit beside running decodes "
+                        "(default 512 on the CPU, 2048 on the GPU)")
     p.add_argument("--max-body-mb", type=_positive_float, default=4.0,
                    help="largest request body, in MB (default 4); larger ones get a 413 before they are read")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],

@@ -30,7 +30,7 @@ class AsyncEngine:
 
     def __init__(self, model, max_num_seqs: int = 16, max_model_len: int | None = None,
                  kv_cache_gb: float | None = None, num_blocks: int | None = None, block_size: int = 16,
-                 max_num_batched_tokens: int = 512, enable_prefix_caching: bool = True, model_step=None,
+                 max_num_batched_tokens: int | None = None, enable_prefix_caching: bool = True, model_step=None,
                  eos_ids=None, capture_graphs: bool = True):
         self.engine = LLMEngine(model, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                                 kv_cache_gb=kv_cache_gb, num_blocks=num_blocks, block_size=block_size,

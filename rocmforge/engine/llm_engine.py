@@ -47,6 +47,8 @@ class LLMEngine:
     The pool holds ``num_blocks`` blocks of ``block_size`` tokens, or as many as ``kv_cache_gb`` GiB
     hold, or by default ``max_num_seqs`` x min(max_model_len, 2048) tokens. ``model_step``: a stand-in
     for the model (tests drive the scheduler with a fake one; ``model`` may then be None).
+    ``max_num_batched_tokens``: token rows per step, by default the backend's ``step_tokens`` (512 on
+    the CPU, 2048 on the GPU).
     ``capture_graphs``: capture the GPU's batched decode graphs for every batch size now (the server
     does), not at each size's first steps.
 
@@ -55,7 +57,7 @@ class LLMEngine:
 
     def __init__(self, model, max_num_seqs: int = 16, max_model_len: int | None = None,
                  kv_cache_gb: float | None = None, num_blocks: int | None = None, block_size: int = 16,
-                 max_num_batched_tokens: int = 512, enable_prefix_caching: bool = True,
+                 max_num_batched_tokens: int | None = None, enable_prefix_caching: bool = True,
                  model_step=None, eos_ids: Iterable[int] | None = None, capture_graphs: bool = False):
         if max_model_len is None:
             if model is None:
@@ -83,6 +85,8 @@ class LLMEngine:
             enable_prefix_caching = False
         self.pool = BlockPool(int(num_blocks), block_size, enable_caching=enable_prefix_caching)
         self.kv = KVCacheManager(self.pool)
+        if max_num_batched_tokens is None:     # the backend's default (rocmforge.backends.base.Backend.step_tokens)
+            max_num_batched_tokens = int(getattr(getattr(model, "backend", None), "step_tokens", 512))
         self.scheduler = Scheduler(self.kv, max_num_seqs, max_num_batched_tokens, self.max_model_len)
         self.vocab_size = int(self.runner.vocab_size)
         if eos_ids is None:

@@ -59,6 +59,44 @@ def test_rows_attention_equals_one_launch_per_sequence(gb, shape, opt, kv):
                 np.testing.assert_array_equal(a[t[j // bs], j % bs], b[t[j // bs], j % bs])
 
 
+@pytest.mark.parametrize("kv", ["auto", "fp8"])
+def test_mixed_step_rows_and_prompt_chunks_equal_one_call_per_sequence(gb, kv):
+    """A serving step of running decodes and prompt chunks (two decodes side by side, lone decodes
+    between chunks): the run of decodes takes the rows launch, the rest one call each, and the result
+    is, bit for bit, one attention call per sequence."""
+    from rocmforge.recipe import Segment
+
+    H, Hkv, Dk, Dv = 8, 2, 64, 64
+    rng = np.random.default_rng(11)
+    bs, nb = 4, 96
+    stores = [gb.new_paged_kv(1, Hkv, Dk, Dv, nb, bs, dtype=kv) for _ in range(2)]
+    perm = rng.permutation(nb)
+    lens = [5, 0, 12, 7, 0, 3, 0]             # 0: a new prompt, its first chunk in this step
+    steps = [1, 9, 1, 1, 6, 1, 20]            # rows of each sequence in the step
+    tables = [list(perm[i * 13:(i + 1) * 13]) for i in range(len(lens))]
+    views = [[s.view(t) for t in tables] for s in stores]
+    for r, n in enumerate(lens):
+        if n:
+            q, k, v = (rng.standard_normal((n, h, d)).astype(np.float32) for h, d in ((H, Dk), (Hkv, Dk), (Hkv, Dv)))
+            for vs in views:
+                gb.attention(gb.upload(q), gb.upload(k), gb.upload(v), vs[r], 0, 0, 0.3)
+    T = sum(steps)
+    q = rng.standard_normal((T, H, Dk)).astype(np.float32)
+    k = rng.standard_normal((T, Hkv, Dk)).astype(np.float32)
+    v = rng.standard_normal((T, Hkv, Dv)).astype(np.float32)
+    starts = np.cumsum([0] + steps[:-1])
+    alone = np.concatenate([gb.to_numpy(gb.attention(gb.upload(q[a:a + n]), gb.upload(k[a:a + n]),
+                                                     gb.upload(v[a:a + n]), views[0][r], 0, lens[r], 0.3))
+                            for r, (a, n) in enumerate(zip(starts, steps))])
+    segs = [Segment(int(a), n, views[1][r], lens[r]) for r, (a, n) in enumerate(zip(starts, steps))]
+    runs = gb._attention_runs(segs)
+    assert [(rows, len(s)) for rows, s in runs] == [(False, 1), (False, 1), (True, 2), (False, 1), (False, 1),
+                                                    (False, 1)], runs
+    got = gb.to_numpy(gb.attention_batch(gb.upload(q), gb.upload(k), gb.upload(v), segs, 0, 0.3))
+    np.testing.assert_array_equal(got, alone)
+    assert [vw.length[0] for vw in views[1]] == [n + m for n, m in zip(lens, steps)]
+
+
 @pytest.mark.parametrize("arch,name", [("llama", "llama-gqa"), ("gemma2", "gemma2-swa-softcap"),
                                        ("qwen3", "qwen3-headdim")])
 def test_engine_graph_steps_equal_eager_steps(tiny_model, arch, name):
