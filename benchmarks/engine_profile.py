@@ -5,9 +5,11 @@
 For one loaded model, in one process:
 
 * ``session``: the bench's decode (one sequence, contiguous KV; graphs on and off) in tokens/s;
-* ``engine xN``: LLMEngine with N greedy requests of --prompt random tokens and --gen tokens each:
-  decode-only steps per second, generated tokens/s over those steps, and how a step splits into the
-  model step (``runner.run``: forward + logits to the host) and the rest (scheduling, sampling);
+* ``engine xN``: LLMEngine with N greedy requests of --prompt random tokens and --gen tokens each,
+  all arriving at once: decode-only steps per second, generated tokens/s over those steps, and how a
+  step splits into the model step (``runner.run``: forward + logits to the host) and the rest
+  (scheduling, sampling); ``wave xN``: the whole wave's wall time, time to first token, and the steps
+  that held prompt rows (--budget rows each, by default the backend's);
 * ``cprofile xN``: the host functions that take a decode step's time (cumulative), top --top;
 * ``kernels xN``: with --device gpu, every launch of one decode step of N sequences timed on the GPU
   (rocmforge.backends.cupy_profile), so a slow step can be told apart into GPU work and host gaps.
@@ -71,16 +73,21 @@ class _Timed:
         return out
 
 
-def engine_rate(model, n: int, prompt: int, gen: int, seed: int, profile_top: int = 0) -> dict:
+def engine_rate(model, n: int, prompt: int, gen: int, seed: int, profile_top: int = 0,
+                budget: int | None = None) -> dict:
+    """n requests arriving at once, as a serving wave: the wave's wall time and each request's time to
+    first token, the steps that held prompt rows (prefill, mixed with decodes) and the decode steps."""
     from rocmforge.engine.llm_engine import LLMEngine
 
     eng = LLMEngine(model, max_num_seqs=max(n, 1), num_blocks=n * (-(-(prompt + gen + 16) // 16)) + 8,
-                    max_num_batched_tokens=max(512, n * prompt))
+                    max_num_batched_tokens=budget)
     timed = _Timed(eng.runner)
     eng.runner = timed
     for r in _requests(n, prompt, gen, int(model.hparams["vocab_size"]), seed):
         eng.add_request(r)
     steps, prof = [], cProfile.Profile() if profile_top else None
+    first: dict = {}
+    t_wave = time.perf_counter()
     while eng.has_unfinished():
         decode = all(r.num_computed >= r.num_tokens - 1 for r in eng.scheduler.running) and not eng.scheduler.waiting
         t0 = time.perf_counter()
@@ -89,10 +96,18 @@ def engine_rate(model, n: int, prompt: int, gen: int, seed: int, profile_top: in
         events = eng.step()
         if prof is not None:
             prof.disable()
-        steps.append((decode, time.perf_counter() - t0, len([e for e in events if e.token_id is not None])))
+        t1 = time.perf_counter()
+        steps.append((decode, t1 - t0, len([e for e in events if e.token_id is not None])))
+        for e in events:
+            first.setdefault(e.request_id, t1 - t_wave)
+    wave = time.perf_counter() - t_wave
     dec = [(w, k) for d, w, k in steps if d][1:]        # the first decode step may still compile kernels
+    pre = [w for d, w, _ in steps if not d]
     run_walls = [w for (s, t, w) in timed.walls if t == s][1:]
-    out = {"streams": n, "steps": len(steps), "decode_steps": len(dec)}
+    ttft = sorted(first.values())
+    out = {"streams": n, "steps": len(steps), "decode_steps": len(dec), "budget": eng.scheduler.max_num_batched_tokens,
+           "wave_s": wave, "wave_tps": n * gen / wave, "ttft_p50_ms": 1e3 * ttft[len(ttft) // 2],
+           "ttft_max_ms": 1e3 * ttft[-1], "prompt_steps": len(pre), "prompt_step_ms": 1e3 * statistics.median(pre)}
     if dec:
         wall = sum(w for w, _ in dec)
         out.update(decode_step_ms=1e3 * statistics.median(w for w, _ in dec),
@@ -145,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=lambda t: [int(v) for v in t.split(",")], default=[1, 16, 64])
     ap.add_argument("--prompt", type=int, default=32, help="random prompt tokens per request")
     ap.add_argument("--gen", type=int, default=32, help="tokens generated per request")
+    ap.add_argument("--budget", type=int, help="token rows per step (default: the backend's step_tokens)")
     ap.add_argument("--top", type=int, default=25, help="host functions shown per cProfile (0: none)")
     ap.add_argument("--kernels", type=lambda t: [int(v) for v in t.split(",")] if t else [], default=[1, 16],
                     help="stream counts whose decode step is timed launch by launch (GPU only; '' for none)")
@@ -166,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"session decode (graphs {graphs}) failed: {type(exc).__name__}: {exc}", flush=True)
     for n in a.streams:
         try:
-            r = engine_rate(model, n, a.prompt, a.gen, seed=n, profile_top=a.top)
+            r = engine_rate(model, n, a.prompt, a.gen, seed=n, profile_top=a.top, budget=a.budget)
         except Exception as exc:   # noqa: BLE001
             print(f"engine x{n} failed: {type(exc).__name__}: {exc}", flush=True)
             continue
@@ -175,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine x{n:<3d} decode step {r.get('decode_step_ms', 0):7.2f} ms (model step "
               f"{r.get('runner_ms') or 0:7.2f} ms, rest {r.get('host_ms', 0):6.2f} ms)  "
               f"{r.get('decode_tps', 0):8.1f} t/s", flush=True)
+        print(f"  wave x{n}: {r['wave_s']:.2f} s, {r['wave_tps']:.1f} generated t/s; TTFT p50 / max "
+              f"{r['ttft_p50_ms']:.0f} / {r['ttft_max_ms']:.0f} ms; {r['prompt_steps']} steps with prompt rows "
+              f"(budget {r['budget']}), median {r['prompt_step_ms']:.1f} ms", flush=True)
         if text:
             print(f"--- cprofile x{n} (decode steps)\n" + "\n".join(text.splitlines()[:a.top + 12]), flush=True)
     if a.device != "cpu":
