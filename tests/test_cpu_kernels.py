@@ -151,10 +151,12 @@ def test_tiny_model_decode_within_quantised_bounds(tiny_llama, qtype):
 @pytest.mark.parametrize("name", list(ck.INT_FORMATS))
 def test_packed_matvec_equals_the_integer_reference(name, monkeypatch):
     """The decode layouts (rocmforge.backends.cpu_packed: the file's blocks for Q4_0 / Q4_1 / Q5_0 /
-    Q5_1 / Q8_0, nibbles per 32 for Q4_K, int8 codes per 16 for the rest) give the integer
-    reference's y bit for bit, joined parts, bias and the two-thread kernels included, at every T
-    the decode path takes."""
+    Q5_1 / Q8_0, nibbles per 32 for Q4_K, int8 codes per 16 for the rest) give the lane arithmetic's
+    reference y bit for bit, on whichever instruction path this machine compiles (VNNI, AVX2 or
+    generic), joined parts, bias and the two-thread kernels included, at every T the decode path
+    takes."""
     from rocmforge.backends import cpu_packed as cpk
+    from rocmforge.backends import cpu_simd as simd
 
     N, K = _shape(name)
     raw = random_blocks(name, (N, K), seed=4)
@@ -174,12 +176,8 @@ def test_packed_matvec_equals_the_integer_reference(name, monkeypatch):
                 y = np.empty((T, N), np.float32)
                 monkeypatch.setattr(cpk, "PARALLEL_MIN_MACS", 0 if T % 2 else 10**12)   # both kernels
                 cpk.matvec(pw, x, ck_bias(b), y, 2)
-                if pw.kind != "i8_16":     # one scale and offset per 32: the whole-block arithmetic
-                    q, d, m = codes
-                    want = ref.matvec_int32(q, d[:, 0::2], m[:, 0::2], x, b)
-                else:
-                    want = ref.matvec_int(*codes, x, b)
-                np.testing.assert_array_equal(y, want, err_msg=f"{name} T={T}")
+                want = ref.matvec_lanes(*cpk.lane_reference_codes(name, *codes, pw.off), x, b)
+                np.testing.assert_array_equal(y, want, err_msg=f"{name} T={T} ({simd.isa()})")
                 fl = x @ wf.T + (0 if b is None else b)           # and near the float product
                 assert ((y - fl) ** 2).sum() <= 1e-3 * (fl ** 2).sum()
     assert pw.nbytes / (N * K) <= {"raw": 0.0, "nib32": 0.75, "i8_16": 1.5}[pw.kind]
@@ -191,3 +189,40 @@ def test_integer_formats_have_no_generic_matvec(kernels):
     with pytest.raises(ValueError, match="cpu_packed"):
         kernels.matvec(ck.FORMATS["Q4_0"], (W, W[:0], W[:0]), np.ones((1, 32), np.float32), ck_bias(None),
                        np.empty((1, 4), np.float32))
+
+
+_OTHER_PATH_CHECK = """
+import numpy as np
+from rocmforge.backends import cpu_kernels as ck, cpu_packed as cpk, cpu_reference as ref, cpu_simd
+from rocmforge.quant.samples import random_blocks
+print(cpu_simd.isa())
+for name, K in (("Q4_1", 96), ("Q4_0", 96), ("Q5_0", 96), ("Q5_1", 96), ("Q8_0", 96), ("Q4_K", 512), ("Q6_K", 512)):
+    W = random_blocks(name, (37, K), seed=4).reshape(37, -1)
+    q = np.empty((37, K), np.int8); d = np.empty((37, K // 16), np.float32); m = np.empty_like(d)
+    ck.decode_rows_int(ck.FORMATS[name], W, q, d, m)
+    pw = cpk.pack(name, ck.FORMATS[name], (W,), K)
+    for T in (1, 3):
+        x = np.random.default_rng(T).standard_normal((T, K)).astype(np.float32)
+        y = np.empty((T, 37), np.float32)
+        cpk.matvec(pw, x, np.zeros(0, np.float32), y, 1)
+        assert np.array_equal(y, ref.matvec_lanes(*cpk.lane_reference_codes(name, q, d, m, pw.off), x)), (name, T)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["avx2", "generic"])
+def test_the_other_instruction_paths_equal_the_reference(path, tmp_path):
+    """The paths this machine does not take by default (AVX2 without VNNI, plain LLVM vectors), forced
+    with ROCMFORGE_CPU_SIMD in a fresh process with its own numba cache: the same lanes, the same y."""
+    import os
+    import subprocess
+    import sys
+
+    from rocmforge.backends import cpu_simd
+
+    if path == "avx2" and not cpu_simd._FEATURES.get("avx2", False):
+        pytest.skip("no AVX2 on this machine")
+    env = {**os.environ, "ROCMFORGE_CPU_SIMD": path, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _OTHER_PATH_CHECK], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[0] == ("AVX2 vpmaddubsw/vpmaddwd" if path == "avx2" else "generic LLVM vectors")

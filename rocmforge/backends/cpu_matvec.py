@@ -9,11 +9,10 @@ Three weight layouts (:mod:`rocmforge.backends.cpu_packed` chooses and builds th
 * ``nib32`` — Q4_K repacked: nibbles per 32 (cpu_simd's nibble block), d and m float32 per 32;
 * ``i8_16`` — every other integer format repacked to int8 codes, d and m float32 per 16.
 
-Arithmetic (:mod:`rocmforge.backends.cpu_reference`, bit for bit): the exact int32 dot product s of
-each block with the activation codes, then float32 steps block after block. Per whole block of 32
-(raw, nib32; ``matvec_int32``): ``s = dot(codes, xq) - off * sum(xq)`` (off 8 for Q4_0's, 16 for
-Q5_0's unsigned codes; the result is the signed codes' dot product) and ``acc += xd * (d * s) - m *
-xs32``; per half block (i8_16; ``matvec_int``) ``acc += xd * (d0 * s0 + d1 * s1) - (m0 * xs0 + m1 * xs1)``.
+Arithmetic: each row is one row intrinsic of :mod:`rocmforge.backends.cpu_simd` (the lane
+arithmetic: exact int32 sums of 4 products per lane, scaled into two 8-lane float32 accumulators, the
+offsets into one scalar sum), stated in NumPy by :func:`rocmforge.backends.cpu_reference.matvec_lanes`
+and equal to it bit for bit.
 
 Each layout has a serial and a ``parallel=True`` kernel: waking numba's OpenMP team costs tens of
 microseconds with passive waiting, more than a small matrix takes on one core.
@@ -24,7 +23,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cpu_simd import dot_i8, dot_i8_halves, dot_nib, dot_nib5, load_f16
+from .cpu_simd import (
+    row_i8_16,
+    row_i8_16_nom,
+    row_nib32,
+    row_q4_0,
+    row_q4_1,
+    row_q5_0,
+    row_q5_1,
+    row_q8_0,
+)
 
 _F32 = np.float32
 _U = np.uint64
@@ -75,46 +83,25 @@ def quantize(x, xq, xd, xs, isum32, xs32):
 # ---- raw blocks ------------------------------------------------------------------------------
 
 @njit(inline="always", cache=True)
-def _raw_row(fmt, W, base, xq, t, xd, isum32, xs32):
-    """Row block W's bytes from ``base`` (a flat offset) against activation row t: the whole-block
-    arithmetic. Flat offsets into the 2-D arrays, no row views (their reference counts cost more
-    than a block's products)."""
-    G = xd.shape[1]
+def _raw_row(fmt, W, base, xq, t, xd, xs32):
+    """Row block W's bytes from ``base`` (a flat offset) against activation row t. Flat offsets into
+    the 2-D arrays, no row views (their reference counts cost more than a block)."""
+    G = _U(xd.shape[1])
     xo = _U(t) * _U(xq.shape[1])
-    acc = _F32(0.0)
-    zero = _F32(0.0)
-    if fmt == 1:                                    # Q4_1 {d, min; qs[16]}
-        for g in range(G):
-            o = base + _U(20) * _U(g)
-            s = dot_nib(W, o + _U(4), xq, xo + _U(32) * _U(g))
-            m = -load_f16(W, o + _U(2))
-            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - m * xs32[t, g]
-    elif fmt == 0:                                  # Q4_0 {d; qs[16]}: codes nibble - 8
-        for g in range(G):
-            o = base + _U(18) * _U(g)
-            s = np.int64(dot_nib(W, o + _U(2), xq, xo + _U(32) * _U(g))) - 8 * np.int64(isum32[t, g])
-            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - zero * xs32[t, g]
-    elif fmt == 4:                                  # Q8_0 {d; int8 qs[32]}
-        for g in range(G):
-            o = base + _U(34) * _U(g)
-            s = dot_i8(W, o + _U(2), xq, xo + _U(32) * _U(g))
-            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - zero * xs32[t, g]
-    elif fmt == 2:                                  # Q5_0 {d; qh; qs[16]}: codes - 16
-        for g in range(G):
-            o = base + _U(22) * _U(g)
-            s = np.int64(dot_nib5(W, o + _U(6), o + _U(2), xq, xo + _U(32) * _U(g))) - 16 * np.int64(isum32[t, g])
-            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - zero * xs32[t, g]
-    else:                                           # Q5_1 {d, min; qh; qs[16]}
-        for g in range(G):
-            o = base + _U(24) * _U(g)
-            s = dot_nib5(W, o + _U(8), o + _U(4), xq, xo + _U(32) * _U(g))
-            m = -load_f16(W, o + _U(2))
-            acc += xd[t, g] * (load_f16(W, o) * _F32(s)) - m * xs32[t, g]
-    return acc
+    so = _U(t) * G
+    if fmt == 1:
+        return row_q4_1(W, base, G, xq, xo, xd, xs32, so)
+    if fmt == 0:
+        return row_q4_0(W, base, G, xq, xo, xd, xs32, so)
+    if fmt == 4:
+        return row_q8_0(W, base, G, xq, xo, xd, xs32, so)
+    if fmt == 2:
+        return row_q5_0(W, base, G, xq, xo, xd, xs32, so)
+    return row_q5_1(W, base, G, xq, xo, xd, xs32, so)
 
 
 @njit(inline="always", cache=True)
-def _raw_part(fmt, W, r0, r1, first, xq, xd, isum32, xs32, bias, y):
+def _raw_part(fmt, W, r0, r1, first, xq, xd, xs32, bias, y):
     """Rows r0..r1 of the joined weight that lie in part W, whose first row is joined row ``first``."""
     lo = max(r0, first)
     hi = min(r1, first + W.shape[0])
@@ -122,22 +109,22 @@ def _raw_part(fmt, W, r0, r1, first, xq, xd, isum32, xs32, bias, y):
     for r in range(lo, hi):
         base = _U(r - first) * nb
         for t in range(xq.shape[0]):
-            acc = _raw_row(fmt, W, base, xq, t, xd, isum32, xs32)
+            acc = _raw_row(fmt, W, base, xq, t, xd, xs32)
             y[t, r] = acc + bias[r] if bias.shape[0] else acc
 
 
 @njit(inline="always", cache=True)
-def _raw_rows(fmt, W0, W1, W2, xq, xd, isum32, xs32, bias, y, r0, r1):
+def _raw_rows(fmt, W0, W1, W2, xq, xd, xs32, bias, y, r0, r1):
     n0, n1 = W0.shape[0], W1.shape[0]
-    _raw_part(fmt, W0, r0, r1, 0, xq, xd, isum32, xs32, bias, y)
-    _raw_part(fmt, W1, r0, r1, n0, xq, xd, isum32, xs32, bias, y)
-    _raw_part(fmt, W2, r0, r1, n0 + n1, xq, xd, isum32, xs32, bias, y)
+    _raw_part(fmt, W0, r0, r1, 0, xq, xd, xs32, bias, y)
+    _raw_part(fmt, W1, r0, r1, n0, xq, xd, xs32, bias, y)
+    _raw_part(fmt, W2, r0, r1, n0 + n1, xq, xd, xs32, bias, y)
 
 
 @njit(cache=True, fastmath=False)
 def mv_raw(fmt, W0, W1, W2, x, bias, y, xq, xd, xs, isum32, xs32):
     _quantize(x, xq, xd, xs, isum32, xs32)
-    _raw_rows(fmt, W0, W1, W2, xq, xd, isum32, xs32, bias, y, 0, y.shape[1])
+    _raw_rows(fmt, W0, W1, W2, xq, xd, xs32, bias, y, 0, y.shape[1])
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -145,62 +132,51 @@ def mv_raw_par(fmt, W0, W1, W2, x, bias, y, xq, xd, xs, isum32, xs32, nchunk):
     _quantize(x, xq, xd, xs, isum32, xs32)
     N = y.shape[1]
     for c in prange(nchunk):
-        _raw_rows(fmt, W0, W1, W2, xq, xd, isum32, xs32, bias, y, c * N // nchunk, (c + 1) * N // nchunk)
+        _raw_rows(fmt, W0, W1, W2, xq, xd, xs32, bias, y, c * N // nchunk, (c + 1) * N // nchunk)
 
 
 # ---- repacked nibbles per 32 (Q4_K) --------------------------------------------------------------
 
 @njit(inline="always", cache=True)
-def _nib32_rows(codes, d, m, off, xq, xd, isum32, xs32, bias, y, r0, r1):
-    G = d.shape[1]
+def _nib32_rows(codes, d, m, xq, xd, xs32, bias, y, r0, r1):
+    G = _U(d.shape[1])
     nb = _U(codes.shape[1])
     for r in range(r0, r1):
         base = _U(r) * nb
         for t in range(xq.shape[0]):
-            xo = _U(t) * _U(xq.shape[1])
-            acc = _F32(0.0)
-            for g in range(G):
-                s = np.int64(dot_nib(codes, base + _U(16) * _U(g), xq, xo + _U(32) * _U(g))) \
-                    - off * np.int64(isum32[t, g])
-                acc += xd[t, g] * (d[r, g] * _F32(s)) - m[r, g] * xs32[t, g]
+            acc = row_nib32(codes, base, G, d, m, _U(r) * G, xq, _U(t) * _U(xq.shape[1]), xd, xs32, _U(t) * G)
             y[t, r] = acc + bias[r] if bias.shape[0] else acc
 
 
 @njit(cache=True, fastmath=False)
-def mv_nib32(codes, d, m, off, x, bias, y, xq, xd, xs, isum32, xs32):
+def mv_nib32(codes, d, m, x, bias, y, xq, xd, xs, isum32, xs32):
     _quantize(x, xq, xd, xs, isum32, xs32)
-    _nib32_rows(codes, d, m, off, xq, xd, isum32, xs32, bias, y, 0, y.shape[1])
+    _nib32_rows(codes, d, m, xq, xd, xs32, bias, y, 0, y.shape[1])
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def mv_nib32_par(codes, d, m, off, x, bias, y, xq, xd, xs, isum32, xs32, nchunk):
+def mv_nib32_par(codes, d, m, x, bias, y, xq, xd, xs, isum32, xs32, nchunk):
     _quantize(x, xq, xd, xs, isum32, xs32)
     N = y.shape[1]
     for c in prange(nchunk):
-        _nib32_rows(codes, d, m, off, xq, xd, isum32, xs32, bias, y, c * N // nchunk, (c + 1) * N // nchunk)
+        _nib32_rows(codes, d, m, xq, xd, xs32, bias, y, c * N // nchunk, (c + 1) * N // nchunk)
 
 
 # ---- repacked int8 codes, scales per 16 (every other integer format) ------------------------------
 
 @njit(inline="always", cache=True)
 def _i8_16_rows(codes, d, m, xq, xd, xs, bias, y, r0, r1):
-    G = xd.shape[1]
+    G = _U(xd.shape[1])
     has_m = m.shape[1] > 0
     nb = _U(codes.shape[1])
     for r in range(r0, r1):
         base = _U(r) * nb
         for t in range(xq.shape[0]):
             xo = _U(t) * _U(xq.shape[1])
-            acc = _F32(0.0)
-            for g in range(G):
-                s0, s1 = dot_i8_halves(codes, base + _U(32) * _U(g), xq, xo + _U(32) * _U(g))
-                h0, h1 = 2 * g, 2 * g + 1
-                part = xd[t, g] * (d[r, h0] * _F32(s0) + d[r, h1] * _F32(s1))
-                if has_m:
-                    part -= m[r, h0] * xs[t, h0] + m[r, h1] * xs[t, h1]
-                else:
-                    part -= _F32(0.0) * xs[t, h0] + _F32(0.0) * xs[t, h1]
-                acc += part
+            if has_m:
+                acc = row_i8_16(codes, base, G, d, m, _U(2 * r) * G, xq, xo, xd, xs, _U(t) * G)
+            else:
+                acc = row_i8_16_nom(codes, base, G, d, d, _U(2 * r) * G, xq, xo, xd, xs, _U(t) * G)
             y[t, r] = acc + bias[r] if bias.shape[0] else acc
 
 

@@ -9,8 +9,9 @@ the matvec that picks a kernel for one.
 * ``i8_16``: the other integer formats, decoded once to int8 codes with d and m per 16 (m dropped
   when all zero).
 
-The arithmetic is :mod:`rocmforge.backends.cpu_reference`'s bit for bit: ``matvec_int32`` (one scale
-and offset per 32) for raw and nib32, ``matvec_int`` (per 16) for i8_16.
+The arithmetic is :func:`rocmforge.backends.cpu_reference.matvec_lanes`' bit for bit (the lane
+arithmetic of :mod:`rocmforge.backends.cpu_simd`'s row intrinsics): one scale and offset per 32 for raw
+and nib32, per 16 for i8_16; :func:`lane_reference_codes` gives the codes it takes for each layout.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ RAW_FORMATS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 class PackedWeight:
     """One weight's rows in a kernel layout: ``kind`` "raw" (``parts``: the file's row blocks of format
-    ``fid``), "nib32" (codes (N, K/2) uint8, d and m (N, K/32), ``off``) or "i8_16" (codes (N, K) int8,
+    ``fid``), "nib32" (codes (N, K/2) uint8 holding q + ``off``, d and m (N, K/32), the offset folded into
+    m) or "i8_16" (codes (N, K) int8,
     d and m (N, K/16); m of shape (N, 0) when all zero)."""
 
     __slots__ = ("kind", "codes", "d", "m", "off", "shape", "fid", "parts", "entries")
@@ -45,6 +47,22 @@ class PackedWeight:
         if self.kind == "raw":
             return 0
         return int(self.codes.nbytes + self.d.nbytes + self.m.nbytes)
+
+
+# the offset the raw kernels add to Q4_0's and Q5_0's signed codes (they multiply the unsigned ones)
+RAW_CODE_OFFSET = {"Q4_0": 8, "Q5_0": 16}
+
+
+def lane_reference_codes(qtype: str, q: np.ndarray, d: np.ndarray, m: np.ndarray, off: int = 0) -> tuple:
+    """The (codes, d, m) that :func:`rocmforge.backends.cpu_reference.matvec_lanes` takes for a weight of
+    format ``qtype`` decoded to q, d, m per 16 (cpu_kernels.decode_rows_int): what its kernel layout
+    multiplies. Raw and nib32 (``off``: the PackedWeight's) use one d and m per 32 with the code offset
+    folded into m; i8_16 the codes and scales as decoded (m empty when all zero, as packed)."""
+    if qtype in RAW_FORMATS or qtype in NIB32_FORMATS:
+        off = RAW_CODE_OFFSET.get(qtype, off)
+        d32 = np.ascontiguousarray(d[:, 0::2])
+        return q.astype(np.int16) + off, d32, m[:, 0::2] + _F32(off) * d32
+    return q, d, (m if m.any() else np.zeros((q.shape[0], 0), np.float32))
 
 
 def pack(qtype: str, fid: int, parts, K: int) -> PackedWeight:
@@ -69,8 +87,10 @@ def pack(qtype: str, fid: int, parts, K: int) -> PackedWeight:
         if paired and 0 <= int(q.min(initial=0)) + off and int(q.max(initial=0)) + off <= 15:
             u = (q.astype(np.int16) + off).astype(np.uint8).reshape(N, K // 32, 2, 16)
             codes = (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).reshape(N, K // 2)
-            return PackedWeight("nib32", np.ascontiguousarray(codes), np.ascontiguousarray(d[:, 0::2]),
-                                np.ascontiguousarray(m[:, 0::2]), off, (N, K))
+            d32 = np.ascontiguousarray(d[:, 0::2])
+            # the kernel multiplies the unsigned codes q + off: weight = d * (q + off) - (m + off * d)
+            m32 = np.ascontiguousarray(m[:, 0::2] + _F32(off) * d32)
+            return PackedWeight("nib32", np.ascontiguousarray(codes), d32, m32, off, (N, K))
     if not m.any():
         m = np.zeros((N, 0), np.float32)
     return PackedWeight("i8_16", q, d, m, 0, (N, K))
@@ -103,7 +123,7 @@ def _kernel_args(w: PackedWeight, x, bias, y, bufs) -> tuple:
     if w.kind == "raw":
         return (w.fid, *w.parts, x, bias, y, *bufs)
     if w.kind == "nib32":
-        return (w.codes, w.d, w.m, np.int64(w.off), x, bias, y, *bufs)
+        return (w.codes, w.d, w.m, x, bias, y, *bufs)
     return (w.codes, w.d, w.m, x, bias, y, *bufs)
 
 

@@ -28,43 +28,6 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return xq.reshape(T, K), xd, xs
 
 
-def matvec_int(q: np.ndarray, d: np.ndarray, m: np.ndarray, x: np.ndarray,
-               bias: np.ndarray | None = None) -> np.ndarray:
-    """y (T, N) from weight codes q (N, K), d and m (N, K/16) and activations x (T, K)."""
-    N, K = q.shape
-    G = K // 32
-    xq, xd, xs = quantize_act(np.asarray(x, np.float32))
-    # int32 dot products of every half block: (T, N, G, 2), exact in int64
-    s = np.einsum("nghj,tghj->tngh", q.reshape(N, G, 2, 16).astype(np.int64),
-                  xq.reshape(-1, G, 2, 16).astype(np.int64)).astype(np.float32)
-    d2, m2 = d.reshape(N, G, 2), m.reshape(N, G, 2)
-    xs2 = xs.reshape(-1, 1, G, 2)
-    part = xd[:, None, :] * (d2[None, :, :, 0] * s[..., 0] + d2[None, :, :, 1] * s[..., 1]) \
-        - (m2[None, :, :, 0] * xs2[..., 0] + m2[None, :, :, 1] * xs2[..., 1])         # (T, N, G)
-    acc = np.zeros(part.shape[:2], np.float32)
-    for g in range(G):                     # the kernels' order: block after block
-        acc = acc + part[:, :, g]
-    return acc + bias if bias is not None else acc
-
-
-def matvec_int32(q: np.ndarray, d: np.ndarray, m: np.ndarray, x: np.ndarray,
-                 bias: np.ndarray | None = None) -> np.ndarray:
-    """y (T, N) for weights with one scale and offset per whole block of 32 (d, m (N, K/32): Q4_0,
-    Q4_1, Q4_K): per block the int dot product s of all 32 codes, then
-    ``acc += xd * (d * s) - m * xs32`` with xs32 = xd * (sum of the block's activation codes)."""
-    N, K = q.shape
-    G = K // 32
-    xq, xd, _ = quantize_act(np.asarray(x, np.float32))
-    s = np.einsum("ngj,tgj->tng", q.reshape(N, G, 32).astype(np.int64),
-                  xq.reshape(-1, G, 32).astype(np.int64)).astype(np.float32)       # (T, N, G)
-    xs32 = xd * xq.reshape(-1, G, 32).sum(axis=-1).astype(np.float32)             # (T, G)
-    part = xd[:, None, :] * (d[None] * s) - m[None] * xs32[:, None, :]
-    acc = np.zeros(part.shape[:2], np.float32)
-    for g in range(G):                     # the kernels' order: block after block
-        acc = acc + part[:, :, g]
-    return acc + bias if bias is not None else acc
-
-
 def matvec_float(w: np.ndarray, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """y (T, N) from float32 weights w (N, K): per block of 32 a sequential sum, then block after block."""
     N, K = w.shape
@@ -81,3 +44,43 @@ def matvec_float(w: np.ndarray, x: np.ndarray, bias: np.ndarray | None = None) -
 def dequantize(q: np.ndarray, d: np.ndarray, m: np.ndarray) -> np.ndarray:
     """The float32 weights the codes stand for: d[i/16] * q_i - m[i/16]."""
     return np.repeat(d, 16, axis=-1) * q.astype(np.float32) - np.repeat(m, 16, axis=-1)
+
+
+def _tree8(a: np.ndarray) -> np.ndarray:
+    """((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) over the last axis of 8."""
+    b = a[..., :4] + a[..., 4:]
+    c = b[..., :2] + b[..., 2:]
+    return c[..., 0] + c[..., 1]
+
+
+def matvec_lanes(q: np.ndarray, d: np.ndarray, m: np.ndarray, x: np.ndarray,
+                 bias: np.ndarray | None = None) -> np.ndarray:
+    """y (T, N) in the decode matvecs' lane arithmetic (cpu_simd's row intrinsics) from the codes q
+    (N, K) the kernel multiplies (unsigned nibbles for Q4_0 / Q5_0, with their offset folded into
+    m = off * d), scales d and offsets m per 32 or per 16 ((N, K/32) or (N, K/16): weight = d * q - m).
+
+    Per block g of 32 the exact int sums of 4 adjacent products (8 lanes) become float32 and are
+    scaled by c = xd * d (per lane: its half's d for the per-16 scales), then added to the even or
+    the odd blocks' 8-lane accumulator; the offsets to one sum ``mm -= m * xs``, in order; then
+    ``y = tree(acc_even + acc_odd) + mm``."""
+    N, K = q.shape
+    G = K // 32
+    per16 = d.shape[1] == 2 * G
+    xq, xd, xs = quantize_act(np.asarray(x, np.float32))
+    T = xq.shape[0]
+    lanes = np.einsum("ngla,tgla->tngl", q.reshape(N, G, 8, 4).astype(np.int64),
+                      xq.reshape(T, G, 8, 4).astype(np.int64)).astype(np.float32)   # (T, N, G, 8)
+    if per16:
+        c = xd[:, None, :, None] * np.repeat(d.reshape(N, G, 2), 4, axis=-1)[None]     # (T, N, G, 8)
+        xs_off = xs                                                                   # (T, 2G)
+    else:
+        c = np.broadcast_to((xd[:, None, :] * d[None])[..., None], lanes.shape)
+        xs_off = xd * xq.reshape(T, G, 32).sum(axis=-1).astype(np.float32)            # xs32 (T, G)
+    acc = np.zeros((2, T, N, 8), np.float32)
+    for g in range(G):
+        acc[g % 2] = acc[g % 2] + c[:, :, g] * lanes[:, :, g]
+    mm = np.zeros((T, N), np.float32)
+    for h in range(m.shape[1]):
+        mm = mm - m[None, :, h] * xs_off[:, None, h]
+    y = _tree8(acc[0] + acc[1]) + mm
+    return y + bias if bias is not None else y
