@@ -24,6 +24,7 @@ variants() {   # extra -D sets per file
         attention.hip) echo "-DATT_G=1,-DATT_NEK=2,-DATT_NEV=2 -DATT_G=8,-DATT_NEK=8,-DATT_NEV=8 -DATT_G=7,-DATT_NEK=3,-DATT_NEV=3 -DATT_G=4,-DATT_KV=1 -DATT_G=2,-DATT_NEK=1,-DATT_KV=2" ;;   # f16, FP8 E4M3FN, E4M3FNUZ caches
         paged_attention.hip) echo ", -DATT_NEK=1,-DATT_NEV=1 -DATT_NEK=8,-DATT_NEV=8 -DATT_KV=1 -DATT_NEK=2,-DATT_NEV=1,-DATT_KV=2" ;;   # f16, FP8 E4M3FN, E4M3FNUZ pools
         ssm.hip) echo ", -DSSM_NPAD=128 -DSSM_NPAD=1024" ;;   # shuffle sum (<= warp), shared-memory tree (> warp)
+        mmq_frag.hip) echo "-DRF_FRAG_BN=16 -DRF_FRAG_BN=32 -DRF_FRAG_BN=64 -DRF_FRAG_BN=64,-DRF_MMQ_NO_MMA=1" ;;   # the host's column tiles
         gated_delta.hip) echo ", -DGDN_KS=1,-DGDN_R=1 -DGDN_KS=16,-DGDN_R=16" ;;   # small dk, dk = 256
         *) echo "," ;;
     esac

@@ -23,6 +23,10 @@ fi
 python3 benchmarks/engine_profile.py /tmp/sbs/7b-q4_0.gguf --device gpu --streams 1,16,64 --top 20 \
     > "$OUT/engine_profile.log" 2>&1 || rc=1
 grep -E "^session|^engine x" "$OUT/engine_profile.log"
+# a serve-like wave: prompts of ~200 tokens all at once (prefill chunks beside the running decodes)
+python3 benchmarks/engine_profile.py /tmp/sbs/7b-q4_0.gguf --device gpu --streams 16,64 --prompt 200 --gen 32 \
+    --top 0 --kernels '' > "$OUT/engine_wave.log" 2>&1 || rc=1
+grep -E "^engine x|wave x" "$OUT/engine_wave.log"
 wait $build || { tail -20 "$OUT/build.log"; exit 1; }
 server=/tmp/llama-build/bin/llama-server
 python3 benchmarks/serve_bench.py --ours /tmp/sbs/7b-q4_0.gguf --device gpu --llama-server $server --ngl 99 \

@@ -1,4 +1,6 @@
-"""Linear over a batch of T rows on quantised 7B weights: the matvec per 8 rows, kernels/mmq.hip, dequant + GEMM.
+"""Linear over a batch of T rows on quantised 7B weights: the matvec per 8 rows, the batch kernels, dequant + GEMM.
+
+Q4_0 rows take kernels/mmq_frag.hip (``mmq/<per_sm>``), next to kernels/mmq.hip's staged kernel (``staged/2``).
 
     PYTHONPATH=. python3 benchmarks/mmq_bench.py [--formats Q4_0,Q4_K] [--rows 8,16,32,64,128,256,512]
                                                 [--per-sm 1,2,4] [--json out.json]
@@ -53,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--per-sm", default="1,2,4", help="mmq K-split targets (blocks per multiprocessor)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"of {', '.join(SHAPES)}")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--frag-min-blocks", type=lambda t: [int(v) for v in t.split(",") if v], default=[],
+                    help="also time mmq_frag.hip with __launch_bounds__ asking for these blocks per SM")
     ap.add_argument("--json", help="write the cells here")
     a = ap.parse_args(argv)
     import cupy as cp
@@ -75,12 +79,19 @@ def main(argv=None) -> int:
                 if T <= 64:
                     paths["matvec/8"] = dict(mmq=False, mv_batch_max=64)
                 for p in (int(v) for v in a.per_sm.split(",")):
-                    paths[f"mmq/{p}"] = dict(mmq=True, mmq_max=1 << 20, mmq_per_sm=p, mmq_bn=None)
-                paths["mmq-bn64/2"] = dict(mmq=True, mmq_max=1 << 20, mmq_per_sm=2, mmq_bn=64)
+                    paths[f"mmq/{p}"] = dict(mmq=True, mmq_max=1 << 20, mmq_per_sm=p, mmq_bn=None, mmq_frag=True)
+                paths["mmq-bn64/2"] = dict(mmq=True, mmq_max=1 << 20, mmq_per_sm=2, mmq_bn=64, mmq_frag=True)
+                if w.kernel == "q4_0t":      # the staged kernel next to the operands-from-tiles one
+                    paths["staged/2"] = dict(mmq=True, mmq_max=1 << 20, mmq_per_sm=2, mmq_bn=None, mmq_frag=False)
+                    for b in a.frag_min_blocks:     # registers capped for more resident blocks
+                        paths[f"frag-minb{b}/2"] = dict(mmq=True, mmq_max=1 << 20, mmq_per_sm=2, mmq_bn=None,
+                                                        mmq_frag=True, mmq_defines=(("RF_FRAG_MIN_BLOCKS", b),))
                 paths["gemm"] = dict(mmq=False, mv_batch_max=0)
                 for label, attrs in paths.items():
-                    if (T <= 8 and label != "matvec/8") or (T > 64 and label == "mmq-bn64/2"):
+                    if (T <= 8 and label != "matvec/8") or (T > 64 and label in ("mmq-bn64/2", "staged/2")) \
+                            or (T > 64 and label.startswith("frag-")):
                         continue
+                    attrs.setdefault("mmq_defines", ())
                     for k, v in attrs.items():
                         setattr(be, k, v)
                     be._act_q8 = None
@@ -88,7 +99,8 @@ def main(argv=None) -> int:
                     cells.append(dict(format=q, shape=name, N=N, K=K, T=T, path=label, us=us,
                                       gbps=nbytes / us / 1e3))
                     print(f"{q:6} {name:8} {T:4d} {label:12} {us:9.1f} {nbytes / us / 1e3:7.0f}", flush=True)
-    be.mmq, be.mmq_max, be.mmq_per_sm, be.mv_batch_max, be.mmq_bn = True, 64, 2, 64, None
+    be.mmq, be.mmq_max, be.mmq_per_sm, be.mv_batch_max, be.mmq_bn, be.mmq_frag = True, 64, 2, 64, None, True
+    be.mmq_defines = ()
     if a.json:
         Path(a.json).write_text(json.dumps(cells, indent=1))
     return 0

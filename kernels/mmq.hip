@@ -24,6 +24,7 @@
 // (deterministic: no atomics).
 #include "rf_common.h"
 #include "rf_quant.h"
+#include "rf_split.h"
 
 #define RF_MMQ_THREADS 128
 #define RF_MMQ_BM 64                        /* rows per block: 4 warps of 16 on NVIDIA */
@@ -240,10 +241,5 @@ RF_FOR_EACH_MX_INT_FORMAT(RF_MMQ_KERNEL)
 // y (T, N) = the S partial sums of a split launch, added in split order, + bias.
 extern "C" __global__ void mmq_reduce(const float* __restrict__ part, float* __restrict__ y,
                                       const float* __restrict__ bias, int N, int T, int S) {
-    const rf_i64 n = (rf_i64)T * N;
-    for (rf_i64 i = rf_gid(); i < n; i += rf_gstride()) {
-        float s = part[i];
-        for (int k = 1; k < S; ++k) s += part[(rf_i64)k * n + i];
-        y[i] = s + (bias ? bias[i % N] : 0.f);
-    }
+    rf_split_sum(part, y, bias, N, T, S);
 }

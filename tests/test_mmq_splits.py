@@ -35,3 +35,20 @@ def test_tiles_by_batch():
     assert tile_for(9, bn=64) == (64, 4)
     for bn, bg in TILES:     # the staging splits evenly over the block's threads (RF_MMQ_NA / NX)
         assert BM * bg % 128 == 0 and bn * bg % 128 == 0
+
+
+def test_frag_kernels_exist_and_take_whole_stages():
+    from pathlib import Path
+
+    from rocmforge.backends.cupy_mmq import FRAG_GROUPS, FRAG_KERNELS
+    from rocmforge.backends.gpu_layouts import TILES as LAYOUTS
+
+    src = (Path(__file__).resolve().parents[1] / "kernels" / "mmq_frag.hip").read_text()
+    for k in FRAG_KERNELS:
+        assert f"mmq_frag_{k}(" in src, f"kernels/mmq_frag.hip has no mmq_frag_{k}"
+        layout = next(t for t in LAYOUTS.values() if t.suffix == k)
+        # a stage is one tile: a split of whole stages never cuts a tile, and a tiled row is whole tiles
+        assert layout.blocks == FRAG_GROUPS
+    for bn, _ in TILES:
+        s, gps = splits(132, 4096, bn, 4096, 2, bn, FRAG_GROUPS)
+        assert gps % FRAG_GROUPS == 0 and (s - 1) * gps < 128 <= s * gps

@@ -118,6 +118,7 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyRowOps
         self.mmq_per_sm = 2          # split K to about this many blocks per multiprocessor
         self.mmq_defines: tuple[tuple[str, int], ...] = ()
         self.mmq_bn: int | None = None   # columns per mmq block: None picks by the batch (cupy_mmq.TILES)
+        self.mmq_frag = True         # Q4_0 tiles: operands loaded straight from the tiles (mmq_frag.hip)
         self.tiles = True            # regroup blocks into 16-byte aligned tiles at upload (or "Q4_0,Q8_0": those only)
         self.fuse = True             # join same-format q/k/v and gate/up rows into one weight
         self.fuse_steps = 2          # executor: join add + norm within (1) and across (2) layers

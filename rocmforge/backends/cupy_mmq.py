@@ -5,19 +5,24 @@ on; ``mmq`` stages a tile of decoded weights once for up to 64 rows and runs the
 tensor cores where the GPU has them (the same integers and float steps elsewhere). A matrix of few
 row tiles (4096 outputs = 64 tiles) fills the GPU's multiprocessors only with its K range split across
 blocks; the partial sums are then added in split order by ``mmq_reduce``, so a result never depends on
-timing.
+timing. Q4_0's tiles take kernels/mmq_frag.hip instead: its lanes load their mma operands straight
+from the tiles and only the activations are staged.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-BM = 64                           # RF_MMQ_BM of kernels/mmq.hip
+BM = 64                           # RF_MMQ_BM of kernels/mmq.hip (and RF_FRAG_BM of mmq_frag.hip)
 THREADS = 128                     # RF_MMQ_THREADS
 BLOCKS_PER_SM = 2                 # split K until the launch has about this many blocks per multiprocessor
 # (columns, groups per stage) of a block, RF_MMQ_BN / RF_MMQ_BG, by the batch's rows: few columns keep
 # few accumulators and leave the shared memory for longer stages
 TILES = ((16, 8), (32, 8), (64, 4))
+# layouts whose lanes load their tensor-core operands straight from the weight tiles
+# (kernels/mmq_frag.hip: only the activations staged, 8 groups per stage)
+FRAG_KERNELS = frozenset({"q4_0t"})
+FRAG_GROUPS = 8
 
 
 def tile_for(T: int, bn: int | None = None) -> tuple[int, int]:
@@ -50,17 +55,23 @@ def mmq(be, x, w, bias=None, act_defines=()):
     N, K = w.shape[-2], w.K
     T = x.shape[0]
     bn, bg = tile_for(T, be.mmq_bn)
-    defines = (("RF_MMQ_BN", bn), ("RF_MMQ_BG", bg), *be.mmq_defines)
+    if be.mmq_frag and w.kernel in FRAG_KERNELS:
+        file, name, bg = "mmq_frag.hip", f"mmq_frag_{w.kernel}", FRAG_GROUPS
+        defines = (("RF_FRAG_BN", bn), *be.mmq_defines)
+    else:
+        file, name = "mmq.hip", f"mmq_{w.kernel}"
+        defines = (("RF_MMQ_BN", bn), ("RF_MMQ_BG", bg), *be.mmq_defines)
     xq, xd, xs = be._quantize_act(x, act_defines)
     s, gps = splits(be.n_sm, N, T, K, be.mmq_per_sm, bn, bg)
     y = be._out((T, N))
     b = np.uint64(0) if bias is None else bias
     grid = (-(-N // BM), s, -(-T // bn))
     target = y if s == 1 else be._out((s * T, N))
-    be._launch("mmq.hip", f"mmq_{w.kernel}", grid, (THREADS,),
+    be._launch(file, name, grid, (THREADS,),
                (w.data, np.int64(w.row_bytes), xq, xd, xs, target, b, np.int32(N), np.int32(K), np.int32(T),
                 np.int32(gps)), defines)
     if s > 1:
-        be._launch("mmq.hip", "mmq_reduce", (be._grid1d(T * N),), (256,),
+        reduce = "mmq_frag_reduce" if file == "mmq_frag.hip" else "mmq_reduce"
+        be._launch(file, reduce, (be._grid1d(T * N),), (256,),
                    (target, y, b, np.int32(N), np.int32(T), np.int32(s)), defines)
     return y

@@ -79,8 +79,9 @@ def _matvec_cost(name: str, a: tuple) -> Cost | None:
 
 
 def _mmq_cost(name: str, a: tuple) -> Cost | None:
-    if name == "mmq_reduce" or len(a) != 11:     # (w, rb, xq, xd, xs, y, b, N, K, T, groups per split)
-        return Cost(_nb(a)) if name == "mmq_reduce" else None
+    reduce = name in ("mmq_reduce", "mmq_frag_reduce")
+    if reduce or len(a) != 11:     # (w, rb, xq, xd, xs, y, b, N, K, T, groups per split)
+        return Cost(_nb(a)) if reduce else None
     N, K, T = int(a[7]), int(a[8]), int(a[9])
     weight = N * int(a[1])
     return Cost(weight + _nb(a[2:]), 2 * N * K * T, weight)

@@ -74,3 +74,23 @@ def test_mmq_splits_are_deterministic(gb, per_sm):
     b = _linear(gb, x, w, bias, mmq_per_sm=per_sm)
     assert np.array_equal(a, b), "a split-K launch changed between two runs"
     check(a, _int8_reference(x, wref, bias), 1e-6, f"Q4_0 split per_sm={per_sm}")
+
+
+@pytest.mark.parametrize("N,K,T", SHAPES)
+@pytest.mark.parametrize("bn", [None, 64])
+def test_frag_kernel_is_the_staged_kernels_product(gb, N, K, T, bn):
+    """Q4_0 tiles run kernels/mmq_frag.hip (operands straight from the tiles): the int8-activation
+    product, the staged kernel's up to summation rounding, its tensor-core and plain-thread paths bit
+    for bit, at the batch's own column tile and at a forced 64 (columns past T clamped, not written)."""
+    raw, wref = _case("Q4_0", N, K, N * 3 + K)
+    rng = np.random.default_rng(N * 7 + T)
+    x, bias = rand(rng, T, K), rand(rng, N)
+    w = gb.weight_from_array("Q4_0", (N, K), raw)
+    assert w.kernel == "q4_0t", "the shapes here must take the tiled layout"
+    frag = _linear(gb, x, w, bias, mmq=True, mmq_frag=True, mmq_bn=bn)
+    staged = _linear(gb, x, w, bias, mmq=True, mmq_frag=False, mmq_bn=bn)
+    check(frag, _int8_reference(x, wref, bias), 1e-6, f"frag vs int8 reference {N}x{K} T={T}")
+    check(frag, staged, 1e-10, f"frag vs staged mmq {N}x{K} T={T}")
+    assert not np.array_equal(frag, np.zeros_like(frag))
+    plain = _linear(gb, x, w, bias, mmq=True, mmq_frag=True, mmq_bn=bn, mmq_defines=(("RF_MMQ_NO_MMA", 1),))
+    assert np.array_equal(frag, plain), "the frag kernel's tensor-core and plain-thread paths differ"
