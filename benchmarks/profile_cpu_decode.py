@@ -22,6 +22,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def _linear_key(args) -> str:
+    w = args[1]
+    shape = getattr(w, "shape", ())
+    return f"linear {'x'.join(map(str, shape))} {getattr(w, 'qtype', w.dtype if hasattr(w, 'dtype') else '')}"
+
+
 def _wrap(be, acc):
     """acc[name] = [seconds, calls, calls inside another]; a call made inside another wrapped call is
     marked so and left out of the returned top-level total (its time is in its caller's)."""
@@ -38,7 +44,7 @@ def _wrap(be, acc):
             finally:
                 depth[0] -= 1
                 dt = time.perf_counter() - t0
-                rec = acc[_name]
+                rec = acc[_name if _name != "linear" else _linear_key(a)]
                 rec[0] += dt
                 rec[1] += 1
                 rec[2] += depth[0] > 0

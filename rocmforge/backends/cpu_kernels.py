@@ -30,11 +30,16 @@ import os
 import threading
 import time
 
-# numba's OpenMP workers spin after each parallel region by default; on a small machine that
-# other processes share, a spinning worker that gets descheduled stalls the next kernel for a
-# scheduler tick (measured: a 90 us matvec took 12 ms on 2 busy cores). Passive waiting costs a
-# few microseconds per launch instead. Set OMP_WAIT_POLICY yourself to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How numba's OpenMP workers wait between parallel regions. A decode step launches ~120 matvecs
+# tens of microseconds apart: a sleeping (passive) worker takes ~60 us to wake on the 2-core VMs,
+# more than a small matrix takes, while a spinning one starts at once (SmolLM2's 3072x576 matvec:
+# 278 us passive, 82 us spinning). So the workers spin for a bounded while (GOMP_SPINCOUNT, about
+# a millisecond) and then sleep: between decode steps and requests they free the core. On a machine
+# other busy processes share, a spinning worker that gets descheduled stalls the next kernel for a
+# scheduler tick (a 90 us matvec took 12 ms on 2 busy cores): OMP_WAIT_POLICY=PASSIVE is the knob
+# for that case. Setting OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself overrides this.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = os.environ.get("ROCMFORGE_CPU_SPIN", "20000")
 
 import numba  # noqa: E402
 import numpy as np

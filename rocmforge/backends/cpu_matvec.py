@@ -14,8 +14,8 @@ arithmetic: exact int32 sums of 4 products per lane, scaled into two 8-lane floa
 offsets into one scalar sum), stated in NumPy by :func:`rocmforge.backends.cpu_reference.matvec_lanes`
 and equal to it bit for bit.
 
-Each layout has a serial and a ``parallel=True`` kernel: waking numba's OpenMP team costs tens of
-microseconds with passive waiting, more than a small matrix takes on one core.
+Each layout has a serial and a ``parallel=True`` kernel: a parallel region costs a few microseconds
+with spinning workers (tens with sleeping ones), more than the smallest matrices take on one core.
 """
 
 from __future__ import annotations

@@ -99,9 +99,9 @@ def pack(qtype: str, fid: int, parts, K: int) -> PackedWeight:
 
 # ---- the matvec ------------------------------------------------------------------------------
 
-# multiply-adds below which a matvec runs on the calling thread alone: waking numba's other OpenMP
-# threads (passive waiting) costs more than they save on a small matrix
-PARALLEL_MIN_MACS = 1_200_000
+# multiply-adds below which a matvec runs on the calling thread alone: even with spinning workers
+# (cpu_kernels sets GOMP_SPINCOUNT) a region costs a few microseconds, more than a tiny matrix saves
+PARALLEL_MIN_MACS = 150_000
 
 _scratch = threading.local()
 
