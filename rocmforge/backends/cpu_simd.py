@@ -311,3 +311,14 @@ def _packed_row_intrinsic(kind):
 
 
 row_nib32, row_i8_16, row_i8_16_nom = (_packed_row_intrinsic(k) for k in ("nib32", "i8_16", "i8_16_nom"))
+
+
+@intrinsic
+def f32_from_bits(typingctx, i):
+    """The float32 whose IEEE bits are the int32 i (lets a vectorised exp build 2^n)."""
+    sig = types.float32(i)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.trunc(args[0], _I32) if args[0].type != _I32 else args[0], _F32T)
+
+    return sig, codegen

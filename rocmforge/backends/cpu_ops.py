@@ -1,0 +1,147 @@
+"""The CPU backend's decode-sized float ops as Numba kernels: rms_norm (and the residual add before it),
+rope of q and k, and attention of a few new queries over a float32 cache.
+
+The NumPy backend computes these with whole-array expressions whose temporaries cost more than the
+arithmetic at one token (SmolLM2's attention of one query over ~200 cached positions: ~70 µs in NumPy;
+a 576-wide add + rms_norm: 15 µs). These kernels do one pass each, in float32 like the NumPy backend,
+reductions in float64; they are not bit for bit NumPy's (summation order, ``fastmath`` vector sums,
+libm's tanh / exp) and the tests hold them to the NumPy backend within float32 rounding.
+:class:`rocmforge.backends.cpu_backend.CpuBackend` calls them for at most ``max_kernel_rows`` token rows
+and leaves prefill, and every option they do not cover, to the NumPy backend.
+
+Layout: activations (T, d) C-contiguous float32; heads (T, H, D) of any strides (q and k are column
+slices of the fused q|k|v output); the cache's K and V (capacity, Hkv, D) C-contiguous float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from . import cpu_kernels  # noqa: F401 - sets the OpenMP wait policy before any parallel region runs
+from .cpu_simd import f32_from_bits
+
+_F32 = np.float32
+
+
+@njit(cache=True, fastmath=True)
+def rms_norm_rows(x, w, has_w, eps, out):
+    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) (* w): x, out (R, d)."""
+    R, d = x.shape
+    for r in range(R):
+        ss = 0.0
+        for i in range(d):
+            v = np.float64(x[r, i])
+            ss += v * v
+        inv = _F32(1.0 / math.sqrt(ss / d + eps))
+        if has_w:
+            for i in range(d):
+                out[r, i] = x[r, i] * inv * w[i]
+        else:
+            for i in range(d):
+                out[r, i] = x[r, i] * inv
+
+
+@njit(cache=True, fastmath=True)
+def add_rms_norm_rows(a, b, w, has_w, eps, s, out):
+    """s = a + b; out = rms_norm(s) (* w)."""
+    R, d = a.shape
+    for r in range(R):
+        for i in range(d):
+            s[r, i] = a[r, i] + b[r, i]
+    rms_norm_rows(s, w, has_w, eps, out)
+
+
+@njit(cache=True, fastmath=True)
+def rope_rows(x, positions, inv_freq, neox, rot, mscale, out):
+    """out (T, H, D) = x with the first ``rot`` dims of each head rotated (NumpyBackend.rope's convention)."""
+    T, H, D = x.shape
+    half = rot // 2
+    c = np.empty(half, np.float32)
+    sn = np.empty(half, np.float32)
+    for t in range(T):
+        p = np.float64(positions[t])
+        for i in range(half):
+            ang = p * np.float64(inv_freq[i])
+            c[i] = _F32(math.cos(ang) * mscale)
+            sn[i] = _F32(math.sin(ang) * mscale)
+        for h in range(H):
+            for i in range(rot, D):
+                out[t, h, i] = x[t, h, i]
+            for i in range(half):
+                i0, i1 = (i, i + half) if neox else (2 * i, 2 * i + 1)
+                a, b = x[t, h, i0], x[t, h, i1]
+                out[t, h, i0] = a * c[i] - b * sn[i]
+                out[t, h, i1] = a * sn[i] + b * c[i]
+
+
+@njit(inline="always", cache=True, fastmath=True)
+def _exp(x):
+    """e^x for float32 x <= 0 in a form LLVM vectorises (libm's exp is a call per element): 2^n times a
+    degree-7 polynomial of r = x - n ln 2, |r| <= ln 2 / 2 (relative error ~1e-7); below -87: 0."""
+    if x < _F32(-87.0):
+        return _F32(0.0)
+    n = np.floor(x * _F32(1.4426950408889634) + _F32(0.5))       # float32 (math.floor: an int64)
+    r = x - n * _F32(0.693359375) + n * _F32(2.12194440e-4)
+    p = _F32(1.0 / 5040.0)
+    p = p * r + _F32(1.0 / 720.0)
+    p = p * r + _F32(1.0 / 120.0)
+    p = p * r + _F32(1.0 / 24.0)
+    p = p * r + _F32(1.0 / 6.0)
+    p = p * r + _F32(0.5)
+    p = p * r + _F32(1.0)
+    p = p * r + _F32(1.0)
+    return p * f32_from_bits(np.int32(n) + np.int32(127) << np.int32(23))
+
+
+@njit(cache=True, fastmath=True)
+def attend_cached(q, K, V, pos0, scale, window, softcap, out):
+    """Causal attention of q (T, H, D) at positions pos0.. over K, V (>= pos0 + T, Hkv, D / Dv) already
+    holding them; GQA by head groups; ``window`` > 0: keys p - window < j <= p; ``softcap`` > 0: cap *
+    tanh(score / cap) before the softmax. out (T, H, Dv). The G query heads of a kv head go together,
+    so each cached K and V row is read once per query (from DRAM, the weights having pushed it out of
+    the caches since the last token)."""
+    T, H, D = q.shape
+    Hkv = K.shape[1]
+    Dv = V.shape[2]
+    G = H // Hkv
+    S = pos0 + T
+    p = np.empty((G, S), np.float32)
+    acc = np.empty((G, Dv), np.float32)
+    den = np.empty(G, np.float32)
+    for t in range(T):
+        qp = pos0 + t
+        lo = 0 if window <= 0 else max(0, qp - window + 1)
+        for kh in range(Hkv):
+            for j in range(lo, qp + 1):
+                for g in range(G):
+                    s = _F32(0.0)
+                    for i in range(D):
+                        s += q[t, kh * G + g, i] * K[j, kh, i]
+                    s *= scale
+                    if softcap > 0:
+                        s = softcap * np.tanh(s / softcap)
+                    p[g, j] = s
+            for g in range(G):
+                mx = _F32(-np.inf)
+                for j in range(lo, qp + 1):
+                    mx = max(mx, p[g, j])
+                sm = _F32(0.0)
+                for j in range(lo, qp + 1):
+                    e = _exp(p[g, j] - mx)
+                    p[g, j] = e
+                    sm += e
+                den[g] = sm
+                for i in range(Dv):
+                    acc[g, i] = 0.0
+            for j in range(lo, qp + 1):
+                for g in range(G):
+                    e = p[g, j]
+                    for i in range(Dv):
+                        acc[g, i] += e * V[j, kh, i]
+            for g in range(G):
+                inv = _F32(1.0) / den[g]
+                for i in range(Dv):
+                    out[t, kh * G + g, i] = acc[g, i] * inv
