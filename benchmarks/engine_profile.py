@@ -152,6 +152,47 @@ def kernel_profile(model, n: int, prompt: int, seed: int) -> str:
     return format_table(StepProfile(f"engine decode x{n}", n, prompt + 3, samples, span, wall, eager))
 
 
+def prompt_profile(model, n: int, prompt: int, seed: int, top: int) -> str:
+    """One step that prefills n prompts at once, as a serving wave's first step: host functions
+    (cProfile, the step's cumulative time) and every launch timed on the GPU."""
+    from rocmforge.backends.cupy_profile import profiling
+    from rocmforge.backends.profile_table import StepProfile, format_table
+    from rocmforge.engine.model_step import ModelStep, StepItem
+
+    bs = 16
+    per = -(-(prompt + 8) // bs)
+    step = ModelStep(model, 2 * n * per + 4, bs)
+    vocab = int(model.hparams["vocab_size"])
+    be = model.backend
+
+    def items(k):
+        reqs = _requests(n, prompt, 4, vocab, seed + k)
+        return [StepItem(f"{r.request_id}-{k}", r.prompt_ids, 0, list(range((k * n + i) * per, (k * n + i + 1) * per)))
+                for i, r in enumerate(reqs)]
+
+    step.run(items(0))            # warm: compiles, allocations
+    be.synchronize()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    step.run(items(1))
+    be.synchronize()
+    prof.disable()
+    wall = 1e3 * (time.perf_counter() - t0)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
+    for k in (0, 1):
+        for it in items(k):
+            step.release(it.seq_id)
+    with profiling(be) as gp:
+        gp.arm(min(4000.0, 2 * wall + 20))
+        step.run(items(0))
+        samples, span = gp.samples(), gp.span_ms()
+    table = format_table(StepProfile(f"prefill x{n} of {prompt}", n * prompt, 0, samples, span, None, wall))
+    return f"prefill step x{n} of {prompt} tokens: {wall:.1f} ms\n" + "\n".join(buf.getvalue().splitlines()[:top + 12]) \
+        + "\n" + table
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25, help="host functions shown per cProfile (0: none)")
     ap.add_argument("--kernels", type=lambda t: [int(v) for v in t.split(",")] if t else [], default=[1, 16],
                     help="stream counts whose decode step is timed launch by launch (GPU only; '' for none)")
+    ap.add_argument("--prefill", type=lambda t: [int(v) for v in t.split(",")] if t else [], default=[],
+                    help="also profile one step that prefills this many prompts at once (host and kernels)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args(argv)
 
@@ -202,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- kernels x{n}\n" + kernel_profile(model, n, a.prompt, seed=100 + n), flush=True)
             except Exception as exc:   # noqa: BLE001
                 print(f"kernel profile x{n} failed: {type(exc).__name__}: {exc}", flush=True)
+    for n in a.prefill:
+        try:
+            print("--- " + prompt_profile(model, n, a.prompt, seed=200 + n, top=a.top or 25), flush=True)
+        except Exception as exc:   # noqa: BLE001
+            print(f"prefill profile x{n} failed: {type(exc).__name__}: {exc}", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0

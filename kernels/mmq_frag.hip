@@ -36,7 +36,9 @@
                                                 4 lanes of one B-fragment load hit 32 distinct banks */
 #define RF_FRAG_NX (RF_FRAG_BN * 16 / RF_FRAG_THREADS)   /* 16-byte code chunks each thread copies */
 #ifndef RF_FRAG_MIN_BLOCKS
-#define RF_FRAG_MIN_BLOCKS 1                 /* resident blocks per multiprocessor the registers must allow */
+#define RF_FRAG_MIN_BLOCKS 3                 /* resident blocks per multiprocessor the registers must allow:
+                                                3 (<= 168 registers) measured best at 32 and 64 rows, 2 was
+                                                ~1.5x slower (benchmarks/mmq_bench.py --frag-min-blocks) */
 #endif
 
 #if defined(RF_CUDA) && defined(__CUDA_ARCH__)

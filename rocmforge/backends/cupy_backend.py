@@ -107,9 +107,11 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyElementwise, CupyRowOps
         # quantised weights ceil(T / 8) times (7B Q4_0, 16 rows on the H200: 2 x 1.7 ms against 20 ms of
         # dequant + cast + GEMM); a prefill chunk past it amortises the dequant over its rows
         self.mv_batch_max = 64
-        # a 2048-row prefill chunk takes ~0.2 s of a 7B's weights on an H200 (pp ~11k t/s): 4x the
-        # CPU's 512 keeps a 64-request wave's prefill in few passes, as vLLM's 2048 default does
-        self.step_tokens = 2048
+        # token rows per serving step (rocmforge.backends.base.Backend.step_tokens): a 64-request wave
+        # of 200-token prompts prefills in two 8192-row steps (~0.4 s each for a 7B on an H200) instead
+        # of seven, so a request that started decoding is held up once, not six times; a card of less
+        # than 40 GB keeps 2048 (a 7B's 8192-row FFN activations alone take ~1.4 GB)
+        self.step_tokens = 8192 if int(dev.mem_info[1]) >= 40 << 30 else 2048
         # 9..mmq_max rows of a block format run kernels/mmq.hip (cupy_mmq.py): the weights read once for
         # up to 64 rows and the integer dots on the tensor cores; off, they take the matvec per 8 rows
         # up to mv_batch_max, as other formats do

@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
     g.add_argument("--block-size", type=_positive, metavar="B", help="tokens per KV block (default 16)")
     g.add_argument("--max-num-batched-tokens", type=_positive, metavar="T",
                    help="tokens in one step: a long prompt's prefill is chunked to fit beside running decodes "
-                        "(default 512 on the CPU, 2048 on the GPU)")
+                        "(default 512 on the CPU; on a GPU 8192, or 2048 below 40 GB of memory)")
     p.add_argument("--max-body-mb", type=_positive_float, default=4.0,
                    help="largest request body, in MB (default 4); larger ones get a 413 before they are read")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],

@@ -48,7 +48,7 @@ class LLMEngine:
     hold, or by default ``max_num_seqs`` x min(max_model_len, 2048) tokens. ``model_step``: a stand-in
     for the model (tests drive the scheduler with a fake one; ``model`` may then be None).
     ``max_num_batched_tokens``: token rows per step, by default the backend's ``step_tokens`` (512 on
-    the CPU, 2048 on the GPU).
+    the CPU, 2048 or 8192 on a GPU by its memory).
     ``capture_graphs``: capture the GPU's batched decode graphs for every batch size now (the server
     does), not at each size's first steps.
 
