@@ -6,9 +6,12 @@ read (:data:`rocmforge.backends.cpu_kernels.FORMATS`) is kept as the file's byte
 
 * ``linear`` with at most :attr:`CpuBackend.max_kernel_rows` token rows (decode, small batches)
   runs the int8 matvec kernel straight from the blocks;
-* longer inputs (prefill) dequantise the weight in row chunks of :data:`PREFILL_CHUNK` elements
-  and multiply each chunk with BLAS, so no float copy of a whole matrix lives longer than a call;
-* ``embedding`` decodes only the rows it is asked for.
+* longer inputs (prefill) dequantise the weight in row chunks (:mod:`rocmforge.backends.cpu_prefill`,
+  vectorised block dequantisers, chunks dealt to both cores) and multiply each chunk with BLAS, so
+  no float copy of a whole matrix lives longer than a call;
+* ``embedding`` decodes only the rows it is asked for;
+* rms_norm, add + rms_norm, rope and decode attention over a float32 cache run as Numba kernels
+  (:mod:`rocmforge.backends.cpu_ops`), act * mul as NumPy in one buffer.
 
 Norm weights, biases, float matrices and everything the kernels do not read (3-D expert
 stacks, other block types) go through the NumPy backend unchanged, as do all other ops.
@@ -98,6 +101,20 @@ class CpuBackend(NumpyBackend):
         self._ck = cpu_kernels
         self._ops = cpu_ops
         self.kernels = cpu_kernels.kernels()       # compiled, or loaded from numba's disk cache
+        self._blas = None                          # threadpoolctl's controller, made at the first forward
+
+    def forward_scope(self, n_rows):
+        # BLAS at one thread: the prefill GEMMs are split over threads by cpu_prefill itself, and
+        # OpenBLAS's own workers spin ~0.1 s after each call, taking a core from numba's kernels
+        # (SmolLM2 pp128 210 vs 320 t/s, and the decode after it 70 vs 86 t/s). ROCMFORGE_BLAS_THREADS
+        # still sets the count.
+        if os.environ.get("ROCMFORGE_BLAS_THREADS"):
+            return super().forward_scope(n_rows)
+        if self._blas is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
+        return self._blas.limit(limits=1, user_api="blas")
 
     def describe(self) -> str:
         ck = self._ck
@@ -108,7 +125,8 @@ class CpuBackend(NumpyBackend):
                 f"{self.kernels.nthreads} threads, {isa()}; ready in {secs:.1f} s): decode matvecs for T <= "
                 f"{self.max_kernel_rows} read Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 from the file's blocks, Q4_K repacked to "
                 f"nibbles per 32, the other integer formats repacked to int8 codes per 16; prefill "
-                f"dequantises row chunks for BLAS")
+                f"dequantises row chunks for BLAS (one BLAS thread per core); norms, rope and decode "
+                f"attention as numba kernels")
 
     # -- weights
     def _quant(self, raws) -> QuantWeight | None:
@@ -144,21 +162,27 @@ class CpuBackend(NumpyBackend):
         x = np.ascontiguousarray(x, dtype=np.float32)
         T = x.shape[0]
         N, K = w.shape
-        if T <= self.max_kernel_rows:
-            y = np.empty((T, N), np.float32)
-            b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-            if w.fid < 20:       # integer formats: the repacked layout's vectorised matvec
-                if w.packed is None:
-                    from .cpu_packed import pack
+        if w.fid < 20 and w.packed is None:      # integer formats: the decode layout, made at first use
+            from .cpu_packed import pack
 
-                    w.packed = pack(w.qtype, w.fid, w.raw, K)
+            w.packed = pack(w.qtype, w.fid, w.raw, K)
+        y = np.empty((T, N), np.float32)
+        if T <= self.max_kernel_rows:
+            b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+            if w.fid < 20:       # the layout's vectorised int8 matvec
                 from .cpu_packed import matvec
 
                 matvec(w.packed, x, b, y, self.kernels.nthreads)
             else:
                 self.kernels.matvec(w.fid, w.parts, x, b, y)
             return y
-        y = np.empty((T, N), np.float32)
+        if w.fid < 20 and w.packed.off == 0:      # BLAS on chunks the block dequantisers write
+            from . import cpu_prefill
+
+            cpu_prefill.linear(w.packed, x, y, self.kernels.nthreads)
+            if bias is not None:
+                y += bias
+            return y
         step = max(1, PREFILL_CHUNK // K)
         start = 0
         for part in w.raw:
@@ -172,12 +196,13 @@ class CpuBackend(NumpyBackend):
             y += bias
         return y
 
-    # -- decode-sized float ops (cpu_ops' Numba kernels; prefill and other options: NumPy)
+    # -- float ops: cpu_ops' Numba kernels (one pass, no temporaries); attention only for decode-sized
+    # inputs over a float32 cache, everything else through the NumPy backend
     def _small(self, x) -> bool:
         return x.shape[0] <= self.max_kernel_rows
 
     def rms_norm(self, x, w, eps):
-        if not self._small(x) or x.dtype != np.float32:
+        if x.dtype != np.float32:
             return super().rms_norm(x, w, eps)
         x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
         out = np.empty_like(x2)
@@ -185,14 +210,14 @@ class CpuBackend(NumpyBackend):
         return out.reshape(x.shape)
 
     def add_rms_norm(self, a, b, w, eps):
-        if not self._small(a) or a.ndim != 2 or a.shape != b.shape or a.dtype != np.float32 or b.dtype != np.float32:
+        if a.ndim != 2 or a.shape != b.shape or a.dtype != np.float32 or b.dtype != np.float32:
             return super().add_rms_norm(a, b, w, eps)
         s, y = np.empty_like(a), np.empty_like(a)
         self._ops.add_rms_norm_rows(a, b, _EMPTY if w is None else w, w is not None, float(eps), s, y)
         return s, y
 
     def rope(self, x, positions, inv_freq, style, rot_dim, mscale=1.0):
-        if not self._small(x) or style not in ("normal", "neox") or x.dtype != np.float32:
+        if style not in ("normal", "neox") or x.dtype != np.float32:
             return super().rope(x, positions, inv_freq, style, rot_dim, mscale)
         out = np.empty(x.shape, np.float32)
         self._ops.rope_rows(x, np.asarray(positions, np.int64), np.asarray(inv_freq, np.float64), style == "neox",
@@ -205,12 +230,14 @@ class CpuBackend(NumpyBackend):
 
     def act_mul(self, g, u, kind):
         # NumpyBackend.act's expressions step by step in one buffer: the same float32 operations in
-        # the same order (bit for bit its result), without its four temporaries (numba's scalar
-        # tanh was slower than NumPy's vectorised one: 14 vs 4 us at 1536 wide)
+        # the same order (bit for bit its result; gelu_tanh's cube as two multiplies, within rounding),
+        # without its temporaries (numba's scalar tanh was slower than NumPy's vectorised one: 14 vs
+        # 4 us at 1536 wide)
         if kind not in ("silu", "gelu_tanh", "sigmoid") or g.dtype != np.float32 or g.shape != u.shape:
             return super().act_mul(g, u, kind)
         if kind == "gelu_tanh":
-            t = g ** 3
+            t = g * g           # g ** 3 is NumPy's float power: 18 ms at Gemma 3's (128, 2048), this 0.3 ms
+            t *= g
             t *= 0.044715
             t += g
             t *= math.sqrt(2.0 / math.pi)
