@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import cpu_kernels  # noqa: F401 - sets the OpenMP wait policy before any parallel region runs
-from .cpu_simd import f32_from_bits
+from .cpu_simd import f32_from_bits, prefetch
 
 _F32 = np.float32
 
@@ -96,52 +96,68 @@ def _exp(x):
     return p * f32_from_bits(np.int32(n) + np.int32(127) << np.int32(23))
 
 
-@njit(cache=True, fastmath=True)
+# cached positions ahead whose K and V rows the attention loops prefetch (they come from DRAM: the
+# weights streamed since the last token have pushed them out of the caches)
+_KV_AHEAD = 8
+
+
+@njit(inline="always", cache=True, fastmath=True)
+def _attend_group(q, K, V, t, kh, qp, lo, scale, softcap, out, p, acc, den):
+    """The G = H // Hkv query heads of kv head kh, query row t at position qp, keys lo..qp."""
+    D = q.shape[2]
+    Dv = V.shape[2]
+    G = p.shape[0]
+    Hkv = K.shape[1]
+    for j in range(lo, qp + 1):
+        prefetch(K, (j + _KV_AHEAD) * Hkv * D + kh * D)
+        for g in range(G):
+            s = _F32(0.0)
+            for i in range(D):
+                s += q[t, kh * G + g, i] * K[j, kh, i]
+            s *= scale
+            if softcap > 0:
+                s = softcap * np.tanh(s / softcap)
+            p[g, j] = s
+    for g in range(G):
+        mx = _F32(-np.inf)
+        for j in range(lo, qp + 1):
+            mx = max(mx, p[g, j])
+        sm = _F32(0.0)
+        for j in range(lo, qp + 1):
+            e = _exp(p[g, j] - mx)
+            p[g, j] = e
+            sm += e
+        den[g] = sm
+        for i in range(Dv):
+            acc[g, i] = 0.0
+    for j in range(lo, qp + 1):
+        prefetch(V, (j + _KV_AHEAD) * Hkv * Dv + kh * Dv)
+        for g in range(G):
+            e = p[g, j]
+            for i in range(Dv):
+                acc[g, i] += e * V[j, kh, i]
+    for g in range(G):
+        inv = _F32(1.0) / den[g]
+        for i in range(Dv):
+            out[t, kh * G + g, i] = acc[g, i] * inv
+
+
+@njit(parallel=True, cache=True, fastmath=True)
 def attend_cached(q, K, V, pos0, scale, window, softcap, out):
     """Causal attention of q (T, H, D) at positions pos0.. over K, V (>= pos0 + T, Hkv, D / Dv) already
     holding them; GQA by head groups; ``window`` > 0: keys p - window < j <= p; ``softcap`` > 0: cap *
     tanh(score / cap) before the softmax. out (T, H, Dv). The G query heads of a kv head go together,
-    so each cached K and V row is read once per query (from DRAM, the weights having pushed it out of
-    the caches since the last token)."""
-    T, H, D = q.shape
+    so each cached K and V row is read once per query; the (row, kv head) pairs are spread over the
+    threads."""
+    T, H, _ = q.shape
     Hkv = K.shape[1]
-    Dv = V.shape[2]
     G = H // Hkv
     S = pos0 + T
-    p = np.empty((G, S), np.float32)
-    acc = np.empty((G, Dv), np.float32)
-    den = np.empty(G, np.float32)
-    for t in range(T):
+    for task in prange(T * Hkv):
+        t, kh = task // Hkv, task % Hkv
+        p = np.empty((G, S), np.float32)
+        acc = np.empty((G, V.shape[2]), np.float32)
+        den = np.empty(G, np.float32)
         qp = pos0 + t
         lo = 0 if window <= 0 else max(0, qp - window + 1)
-        for kh in range(Hkv):
-            for j in range(lo, qp + 1):
-                for g in range(G):
-                    s = _F32(0.0)
-                    for i in range(D):
-                        s += q[t, kh * G + g, i] * K[j, kh, i]
-                    s *= scale
-                    if softcap > 0:
-                        s = softcap * np.tanh(s / softcap)
-                    p[g, j] = s
-            for g in range(G):
-                mx = _F32(-np.inf)
-                for j in range(lo, qp + 1):
-                    mx = max(mx, p[g, j])
-                sm = _F32(0.0)
-                for j in range(lo, qp + 1):
-                    e = _exp(p[g, j] - mx)
-                    p[g, j] = e
-                    sm += e
-                den[g] = sm
-                for i in range(Dv):
-                    acc[g, i] = 0.0
-            for j in range(lo, qp + 1):
-                for g in range(G):
-                    e = p[g, j]
-                    for i in range(Dv):
-                        acc[g, i] += e * V[j, kh, i]
-            for g in range(G):
-                inv = _F32(1.0) / den[g]
-                for i in range(Dv):
-                    out[t, kh * G + g, i] = acc[g, i] * inv
+        _attend_group(q, K, V, t, kh, qp, lo, scale, softcap, out, p, acc, den)

@@ -413,3 +413,18 @@ def _deq_packed_intrinsic(kind):
 
 
 deq_nib32, deq_i8_16, deq_i8_16_nom = (_deq_packed_intrinsic(k) for k in ("nib32", "i8_16", "i8_16_nom"))
+
+
+@intrinsic
+def prefetch(typingctx, arr, off):
+    """Prefetch (for reading, into all cache levels) element ``off`` (flat) of a C-contiguous array."""
+    sig = types.void(arr, off)
+
+    def codegen(context, builder, sig, args):
+        p = builder.gep(_data(context, builder, sig.args[0], args[0]), [args[1]])
+        p = builder.bitcast(p, _I8.as_pointer())
+        builder.call(_fn(builder, "llvm.prefetch.p0", ir.VoidType(), [p.type, _I32, _I32, _I32]),
+                     [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
