@@ -82,7 +82,8 @@ def run_ours(model: Path, device: str, n_prompt: int, n_gen: int, reps: int) -> 
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
     res = json.loads(out)
     return {"pp": res["pp_tps"], "tg": res["tg_tps"], "backend": res["backend"], "wall_s": wall,
-            "max_rss_mib": usage.ru_maxrss / 1024 if usage else None}
+            "max_rss_mib": usage.ru_maxrss / 1024 if usage else None,
+            "kv_mib": res.get("kv_cache_bytes", 0) / 2**20, "kernels": res.get("kernels")}
 
 
 def _resolve(name: str) -> Path:
@@ -126,6 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def machine() -> str:
+    """The CPU's model name and the vector extensions the kernels (and llama.cpp) care about."""
+    flags, name = set(), "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "?":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    want = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+            "amx_int8"]
+    return f"{name}, {os.cpu_count()} CPUs, " + " ".join(f for f in want if f in flags)
+
+
 def _med(rows: list[dict], key: str) -> tuple[float, float, float]:
     vals = [r[key] for r in rows]
     return statistics.median(vals), min(vals), max(vals)
@@ -135,17 +153,25 @@ def print_table(runs: dict, devices: list[str], args) -> None:
     print(f"\nllama-bench -t {args.threads} -p {args.prompt} -n {args.gen} -r {args.repeat} vs rocmforge bench "
           f"--prompt {args.prompt} --gen {args.gen} --repeat {args.repeat}; median of {args.rounds} alternated "
           "rounds [min-max]\n")
-    print("| model | engine | pp t/s | tg t/s | pp ratio | tg ratio | max RSS MiB (file MiB) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(f"machine: {machine()}\n")
+    print("| model | engine | pp t/s | tg t/s | pp ratio | tg ratio | max RSS MiB (file MiB) | RSS target "
+          "1.3 x file + KV |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name, rec in runs.items():
         lp, lt = _med(rec["llama"], "pp"), _med(rec["llama"], "tg")
         print(f"| {name} | llama.cpp | {lp[0]:.1f} [{lp[1]:.0f}-{lp[2]:.0f}] | {lt[0]:.1f} [{lt[1]:.0f}-{lt[2]:.0f}] "
-              f"| 1.00 | 1.00 | ({rec['file_mib']:.0f}) |")
+              f"| 1.00 | 1.00 | ({rec['file_mib']:.0f}) | |")
         for d in devices:
             p, t = _med(rec[d], "pp"), _med(rec[d], "tg")
             rss = max((r["max_rss_mib"] or 0) for r in rec[d])
+            target = 1.3 * rec["file_mib"] + max(r.get("kv_mib", 0) for r in rec[d])
             print(f"| {name} | rocmforge {d} | {p[0]:.1f} [{p[1]:.0f}-{p[2]:.0f}] | {t[0]:.1f} [{t[1]:.0f}-{t[2]:.0f}] "
-                  f"| {p[0] / lp[0]:.2f} | {t[0] / lt[0]:.2f} | {rss:.0f} ({rec['file_mib']:.0f}) |")
+                  f"| {p[0] / lp[0]:.2f} | {t[0] / lt[0]:.2f} | {rss:.0f} ({rec['file_mib']:.0f}) | {target:.0f} |")
+    for name, rec in runs.items():
+        for d in devices:
+            k = rec[d][-1].get("kernels") if rec[d] else None
+            if k:
+                print(f"\n{name} {d}: {k}")
 
 
 if __name__ == "__main__":
