@@ -17,8 +17,9 @@
 //
 // paged_kv_store: 1-D grid-stride over the T * Hkv * D elements of k (then v); element i of row t
 //   goes to slot(pos0 + t), as att_enc(x, kscale) / att_enc(x, vscale).
-// paged_attn_decode: grid (H, T), block PA_NW warps. Query head h of query t; warp w takes keys
-//   lo + w, lo + w + PA_NW, ... reading each through the table (no gather copy), keeps an online
+// paged_attn_decode: grid (H, T), block PA_NW warps. Query head h of query t; warp w takes the runs
+//   of PA_KU keys from lo + w * PA_KU, every PA_NW * PA_KU keys, reading each through the table (no
+//   gather copy), keeps an online
 //   softmax (m, l, acc), then warp 0 merges the PA_NW partial states through shared memory and
 //   writes o / L * vscale.
 // paged_kv_store_rows / paged_attn_decode_rows: the same for R sequences of one token each in one
@@ -38,7 +39,8 @@
 #ifndef ATT_NEV
 #define ATT_NEV 4
 #endif
-#define PA_NW 4
+#define PA_NW 8      /* warps per block: a 16-sequence step has 16 x H blocks */
+#define PA_KU 4      /* keys per warp and round */
 
 RF_DEV rf_i64 pa_slot(const int* __restrict__ table, rf_i64 j, int bs) {
     return (rf_i64)table[j / bs] * bs + j % bs;
@@ -83,6 +85,31 @@ extern "C" __global__ void paged_kv_gather(const att_kv_t* __restrict__ kc, cons
         vout[i] = vc[pa_slot(table, i / vstride, bs) * vstride + i % vstride];
 }
 
+// 4 stored elements at p (4-element aligned) as floats, in one load
+RF_DEV void att_ld4(const rf_u16* __restrict__ p, float* o) {
+    const uint2 w = *(const uint2*)p;
+    o[0] = rf_h2f((rf_u16)(w.x & 0xffffu)); o[1] = rf_h2f((rf_u16)(w.x >> 16));
+    o[2] = rf_h2f((rf_u16)(w.y & 0xffffu)); o[3] = rf_h2f((rf_u16)(w.y >> 16));
+}
+RF_DEV void att_ld4(const rf_u8* __restrict__ p, float* o) {
+    const rf_u32 w = *(const rf_u32*)p;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) o[k] = att_ld((att_kv_t)((w >> (8 * k)) & 0xffu));
+}
+
+// elements e0 .. e0 + NE - 1 of a stored row of n as floats (0 at or past n); ``vec``: n % 4 == 0, so
+// a run that starts on a multiple of 4 elements is 4-element aligned
+template <int NE>
+RF_DEV void pa_ld_run(const att_kv_t* __restrict__ row, int e0, int n, bool vec, float* out) {
+    if (vec && NE % 4 == 0 && e0 + NE <= n) {
+#pragma unroll
+        for (int c = 0; c + 4 <= NE; c += 4) att_ld4(row + e0 + c, out + c);
+    } else {
+#pragma unroll
+        for (int i = 0; i < NE; ++i) out[i] = e0 + i < n ? att_ld(row[e0 + i]) : 0.f;
+    }
+}
+
 // One (query head, query row) of paged decode attention: query row t at position p, keys through table.
 RF_DEV void pa_decode(const float* __restrict__ q, const att_kv_t* __restrict__ kc,
                       const att_kv_t* __restrict__ vc, const int* __restrict__ table, float* __restrict__ out,
@@ -97,37 +124,57 @@ RF_DEV void pa_decode(const float* __restrict__ q, const att_kv_t* __restrict__ 
     if (chunk > 0) lo = max(lo, (p / chunk) * chunk);
     const float slope = slopes ? slopes[h] : 0.f;
 
+    // lane owns elements lane * NE .. lane * NE + NE - 1 of a row: whole 4-element loads of K and V
+    const bool kvec = (Dk & 3) == 0, vvec = (Dv & 3) == 0;
     float qv[ATT_NEK];
 #pragma unroll
     for (int i = 0; i < ATT_NEK; ++i) {
-        const int e = lane + i * RF_WARP;
+        const int e = lane * ATT_NEK + i;
         qv[i] = e < Dk ? q[((rf_i64)t * H + h) * Dk + e] * scale : 0.f;
     }
     float m = -INFINITY, l = 0.f, acc[ATT_NEV];
 #pragma unroll
     for (int i = 0; i < ATT_NEV; ++i) acc[i] = 0.f;
 
-    for (int j = lo + w; j <= p; j += PA_NW) {
-        const rf_i64 slot = pa_slot(table, j, bs);
-        const att_kv_t* kp = kc + (slot * Hkv + kvh) * (rf_i64)Dk;
-        const att_kv_t* vp = vc + (slot * Hkv + kvh) * (rf_i64)Dv;
-        float s = 0.f;
+    // PA_KU consecutive keys per warp and round: their K and V loads are issued together and their
+    // warp sums run as independent shuffle chains (one key at a time waited on each key's load)
+    for (int j0 = lo + w * PA_KU; j0 <= p; j0 += PA_NW * PA_KU) {
+        float s[PA_KU], vv[PA_KU][ATT_NEV];
 #pragma unroll
-        for (int i = 0; i < ATT_NEK; ++i) {
-            const int e = lane + i * RF_WARP;
-            if (e < Dk) s += qv[i] * att_ld(kp[e]);
+        for (int u = 0; u < PA_KU; ++u) {
+            s[u] = 0.f;
+#pragma unroll
+            for (int i = 0; i < ATT_NEV; ++i) vv[u][i] = 0.f;
+            if (j0 + u <= p) {
+                const rf_i64 slot = pa_slot(table, j0 + u, bs);
+                const att_kv_t* kp = kc + (slot * Hkv + kvh) * (rf_i64)Dk;
+                const att_kv_t* vp = vc + (slot * Hkv + kvh) * (rf_i64)Dv;
+                float kv[ATT_NEK];
+                pa_ld_run<ATT_NEK>(kp, lane * ATT_NEK, Dk, kvec, kv);
+                pa_ld_run<ATT_NEV>(vp, lane * ATT_NEV, Dv, vvec, vv[u]);
+#pragma unroll
+                for (int i = 0; i < ATT_NEK; ++i) s[u] += qv[i] * kv[i];
+            }
         }
-        s = rf_warp_sum(s);
-        if (cap > 0.f) s = cap * tanhf(s / cap);
-        s += slope * (float)(j - p);
-        const float mn = fmaxf(m, s);
-        const float corr = __expf(m - mn);      // m = -inf on the first key: 0
-        const float pe = __expf(s - mn);
-        l = l * corr + pe;
+        float mn = m;
 #pragma unroll
-        for (int i = 0; i < ATT_NEV; ++i) {
-            const int e = lane + i * RF_WARP;
-            acc[i] = acc[i] * corr + (e < Dv ? pe * att_ld(vp[e]) : 0.f);
+        for (int u = 0; u < PA_KU; ++u) {
+            s[u] = rf_warp_sum(s[u]);
+            if (cap > 0.f) s[u] = cap * tanhf(s[u] / cap);
+            s[u] += slope * (float)(j0 + u - p);
+            if (j0 + u <= p) mn = fmaxf(mn, s[u]);
+        }
+        const float corr = __expf(m - mn);      // m = -inf on the first keys: 0
+        l *= corr;
+#pragma unroll
+        for (int i = 0; i < ATT_NEV; ++i) acc[i] *= corr;
+#pragma unroll
+        for (int u = 0; u < PA_KU; ++u) {
+            if (j0 + u > p) continue;
+            const float pe = __expf(s[u] - mn);
+            l += pe;
+#pragma unroll
+            for (int i = 0; i < ATT_NEV; ++i) acc[i] += pe * vv[u][i];
         }
         m = mn;
     }
@@ -136,7 +183,7 @@ RF_DEV void pa_decode(const float* __restrict__ q, const att_kv_t* __restrict__ 
         s_l[w] = l;
     }
 #pragma unroll
-    for (int i = 0; i < ATT_NEV; ++i) s_acc[w][lane + i * RF_WARP] = acc[i];
+    for (int i = 0; i < ATT_NEV; ++i) s_acc[w][lane * ATT_NEV + i] = acc[i];
     __syncthreads();
     if (w != 0) return;
     float M = sinks ? sinks[h] : -INFINITY;

@@ -23,7 +23,7 @@ from ..errors import DeviceError, RocmforgeError
 from .cupy_attention import DECODE_MAX_T, FP8_KV, GpuKVCache
 from .paged import PagedKVView, layer_shapes
 
-PA_NW = 4      # warps per paged_attn_decode block (kernels/paged_attention.hip)
+PA_NW = 8      # warps per paged_attn_decode block (kernels/paged_attention.hip)
 
 
 class GpuPagedKV:

@@ -50,7 +50,7 @@ class LLMEngine:
     ``max_num_batched_tokens``: token rows per step, by default the backend's ``step_tokens`` (512 on
     the CPU, 2048 or 8192 on a GPU by its memory).
     ``capture_graphs``: capture the GPU's batched decode graphs for every batch size now (the server
-    does), not at each size's first steps.
+    does), not at each size's first steps, and compile the prefill kernels with dummy prompts.
 
     A recurrent model's requests each own a recurrent state in the model step (freed on the paths
     that free their blocks); prefix caching is off for such a model."""
@@ -77,6 +77,8 @@ class LLMEngine:
             n = self.runner.capture_graphs(max_num_seqs)
             if n:
                 log.info("captured the decode graphs of %d batch shapes (up to %d sequences)", n, max_num_seqs)
+            if hasattr(self.runner, "warm_up") and self.runner.warm_up():
+                log.info("warmed up the prefill kernels")
         if enable_prefix_caching and getattr(self.runner, "has_state", False):
             # a recurrent layer's state after a prefix is not kept per block: a cached prefix's KV alone
             # cannot continue the sequence, so every prompt is computed from its first token

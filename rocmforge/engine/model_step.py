@@ -95,6 +95,29 @@ class ModelStep:
             log.warning("decode graph warm-up stopped after %d shapes: %s: %s", done, type(exc).__name__, exc)
         return done
 
+    def warm_up(self, sizes: Sequence[int] = (80, 16)) -> int:
+        """Run one dummy prefill of each of ``sizes`` tokens on a GPU, so that the kernels a first
+        request meets (the prefill GEMM path past 64 rows, the batch kernel below, tiled prefill
+        attention) are compiled at start-up, not inside a user's time to first token (NVRTC takes
+        seconds per module). The prefills write the pool's first blocks, which no request holds yet
+        and which no prefix hash points to. Returns how many ran; never raises."""
+        if getattr(self.backend, "device", "cpu") == "cpu" or self.has_state:
+            return 0
+        bs = self.store.block_size
+        done = 0
+        for i, n in enumerate(sizes):
+            need = -(-n // bs)
+            if need > self.store.num_blocks:
+                continue
+            try:
+                self.run([StepItem(("warm-up", i), [1 + t % 7 for t in range(n)], 0, list(range(need)))])
+                done += 1
+            except Exception as exc:     # noqa: BLE001 - a failed warm-up only leaves compiles for later
+                log.warning("prefill warm-up of %d tokens failed: %s: %s", n, type(exc).__name__, exc)
+            finally:
+                self.release(("warm-up", i))
+        return done
+
     @property
     def vocab_size(self) -> int:
         return int(self.model.hparams["vocab_size"])

@@ -185,3 +185,21 @@ def test_graphs_captured_at_start_serve_like_lazy_ones(tiny_model):
     assert eng.stats().kv_blocks_used == 0
     assert any(g.replays > before[k] for k, g in graphs.items())
     assert _greedy(out) == _eager(model, reqs, **kw)
+
+
+def test_prefill_warm_up_leaves_requests_unchanged(tiny_model):
+    """ModelStep.warm_up (at the server's start): dummy prefills through the GEMM and batch-kernel
+    paths into the pool's first blocks; requests that then take those blocks, and share prefixes
+    through the cache, decode exactly as on an engine that never warmed up."""
+    from rocmforge.engine.llm_engine import LLMEngine
+    from rocmforge.engine.protocol import EngineRequest, SamplingOptions
+
+    model = tiny_model("llama", "llama-gqa", device="gpu")
+    shared = [5, 9, 13, 21, 34, 55, 89, 4]
+    reqs = lambda: [EngineRequest(f"w{i}", shared + [3 + i, 17, 42][: 1 + i % 3], SamplingOptions(  # noqa: E731
+        max_tokens=6, temperature=0, ignore_eos=True)) for i in range(4)]
+    kw = dict(max_num_seqs=4, num_blocks=60, block_size=4)
+    eng = LLMEngine(model, **kw)
+    assert eng.runner.warm_up((80, 16)) == 2
+    assert eng.stats().kv_blocks_used == 0 and eng.runner.num_states == 0
+    assert _greedy(eng.run_to_completion(reqs())) == _eager(model, reqs, **kw)
