@@ -241,3 +241,6 @@ def test_batch_not_eligible():
 def test_buckets():
     assert [cupy_paged_graph.bucket_rows(n) for n in (1, 2, 3, 4, 5, 8, 9, 64, 65)] == [1, 2, 4, 4, 8, 8, 16, 64, 72]
     assert [cupy_paged_graph.bucket_width(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+    # a server's start-up width: every table up to it shares one shape per row count
+    assert [cupy_paged_graph.bucket_width(n, 256) for n in (1, 100, 256, 257)] == [256, 256, 256, 512]
+    assert cupy_paged_graph.bucket_width(3, 40) == 64

@@ -54,6 +54,7 @@ class GpuPagedKV:
         self.v = [cp.empty((num_blocks + 1, block_size, h, b), self.elem) for h, _, b in shapes]
         self._written = [False] * self.n_layer
         self.graphs: dict = {}      # captured batched decode steps (cupy_paged_graph.py)
+        self.graph_width = 16       # their least table width, in blocks (ModelStep.capture_graphs widens it)
 
     def layer(self, layer: int, k_shape: tuple, v_shape: tuple):
         if not self._written[layer]:

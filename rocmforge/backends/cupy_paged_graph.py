@@ -5,7 +5,10 @@ block tables are: in step mode (``backend._step`` is a :class:`BatchStepBuffers`
 rope, paged KV append and attention read token ids, positions and tables from device buffers, so
 one capture serves every later step of that shape. Shapes are bucketed as vLLM buckets its graphs:
 R rounds up to 1, 2, 4 or a multiple of 8 (padding rows decode token 0 at position 0 into the pool's
-scratch block; their logits are dropped), the table width to a power of two of at least 16 blocks.
+scratch block; their logits are dropped), the table width to a power of two of at least 16 blocks
+and of the pool's ``graph_width``: a server sets that to its longest request, so that a sequence
+growing past 256 tokens does not stop on two eager steps and a capture (kernels read a table only up
+to the position, so a wide one costs its upload alone).
 The state of each shape lives on the pool (``store.graphs``):
 
 1. the first step of a shape runs eagerly (compiles kernels, uploads what is not yet on the device);
@@ -42,10 +45,16 @@ def bucket_rows(n: int) -> int:
     return 4 if n <= 4 else -(-n // 8) * 8
 
 
-def bucket_width(n: int) -> int:
-    """Table width (blocks per sequence) of a captured step whose longest table has n blocks."""
+# the widest table a server's start-up captures for (see ModelStep.capture_graphs): 1024 blocks of 16
+# are 16k tokens; a step past it captures a wider shape when it first comes
+WIDTH_AT_START_MAX = 1024
+
+
+def bucket_width(n: int, least: int = 16) -> int:
+    """Table width (blocks per sequence) of a captured step whose longest table has n blocks: a power
+    of two of at least 16 and ``least``."""
     w = 16
-    while w < n:
+    while w < max(n, least):
         w *= 2
     return w
 
@@ -113,7 +122,7 @@ def decode_batch(be, executor, runs: list[tuple[Any, PagedKVView, int]]):
     if not _eligible(executor, runs):
         return None
     store = runs[0][1].pool
-    key = (bucket_rows(len(runs)), bucket_width(max(len(v.table) for _, v, _ in runs)))
+    key = (bucket_rows(len(runs)), bucket_width(max(len(v.table) for _, v, _ in runs), getattr(store, "graph_width", 16)))
     st = store.graphs.get(key)
     if st is None:                           # first step of this shape: eager
         store.graphs[key] = "warm"

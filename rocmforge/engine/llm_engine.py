@@ -74,7 +74,7 @@ class LLMEngine:
         self.max_model_len = int(max_model_len)
         self.runner = model_step if model_step is not None else ModelStep(model, int(num_blocks), block_size)
         if capture_graphs and hasattr(self.runner, "capture_graphs"):
-            n = self.runner.capture_graphs(max_num_seqs)
+            n = self.runner.capture_graphs(max_num_seqs, self.max_model_len)
             if n:
                 log.info("captured the decode graphs of %d batch shapes (up to %d sequences)", n, max_num_seqs)
             if hasattr(self.runner, "warm_up") and self.runner.warm_up():

@@ -73,15 +73,21 @@ class ModelStep:
         self._absorbed: dict[Hashable, list[int]] = {}    # recurrent models: the tokens each state holds
         self._stale: set[Hashable] = set()                # states a failed forward may have half-updated
 
-    def capture_graphs(self, max_num_seqs: int) -> int:
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int | None = None) -> int:
         """Capture the batched decode graphs of every batch bucket up to ``max_num_seqs`` now, as vLLM
         does at start-up, so that no request waits for a capture (each costs about three eager steps).
+        Their tables are wide enough for ``max_model_len`` tokens (up to the cap of
+        cupy_paged_graph.WIDTH_AT_START_MAX blocks), so no request's growth needs another shape either.
         The dummy steps decode token 0 at position 0 into the pool's scratch block. Returns how many
         shapes were captured (0 where the backend keeps no such graphs); never raises."""
         scratch = getattr(self.store, "scratch", None)
         if scratch is None or self.has_state or not getattr(self.backend, "graphs", False):
             return 0
-        from ..backends.cupy_paged_graph import BatchGraph, bucket_rows
+        from ..backends.cupy_paged_graph import WIDTH_AT_START_MAX, BatchGraph, bucket_rows, bucket_width
+
+        if max_model_len is not None and hasattr(self.store, "graph_width"):
+            blocks = -(-int(max_model_len) // self.store.block_size)
+            self.store.graph_width = bucket_width(min(blocks, WIDTH_AT_START_MAX))
 
         sizes = sorted({bucket_rows(n) for n in range(1, max_num_seqs + 1)})
         done = 0

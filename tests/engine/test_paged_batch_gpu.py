@@ -167,9 +167,10 @@ def test_engine_graphs_stay_off_for_host_steps(tiny_model):
 
 def test_graphs_captured_at_start_serve_like_lazy_ones(tiny_model):
     """capture_graphs (what the server's engine does): every batch bucket up to max_num_seqs is captured
-    before the first request, on dummy steps into the scratch block; the requests then replay them
-    and decode exactly as the eager engine does."""
-    from rocmforge.backends.cupy_paged_graph import BatchGraph
+    before the first request, on dummy steps into the scratch block, with tables wide enough for the
+    longest request; the requests then replay them (no new shape as they grow) and decode exactly as
+    the eager engine does."""
+    from rocmforge.backends.cupy_paged_graph import BatchGraph, bucket_width
     from rocmforge.engine.llm_engine import LLMEngine
     from rocmforge.engine.protocol import EngineRequest, SamplingOptions
 
@@ -179,9 +180,12 @@ def test_graphs_captured_at_start_serve_like_lazy_ones(tiny_model):
     kw = dict(max_num_seqs=9, num_blocks=120, block_size=4)
     eng = LLMEngine(model, capture_graphs=True, **kw)
     graphs = {k: g for k, g in eng.runner.store.graphs.items() if isinstance(g, BatchGraph)}
-    assert set(graphs) == {(1, 16), (2, 16), (4, 16), (8, 16), (16, 16)}, eng.runner.store.graphs
+    width = bucket_width(min(-(-eng.max_model_len // 4), 1024))
+    assert width > 16, "the tiny model's context should need a wider table than the least one"
+    assert set(graphs) == {(r, width) for r in (1, 2, 4, 8, 16)}, eng.runner.store.graphs
     before = {k: g.replays for k, g in graphs.items()}
     out = eng.run_to_completion(reqs())
+    assert set(eng.runner.store.graphs) == set(graphs), "a request's growth made another graph shape"
     assert eng.stats().kv_blocks_used == 0
     assert any(g.replays > before[k] for k, g in graphs.items())
     assert _greedy(out) == _eager(model, reqs, **kw)
