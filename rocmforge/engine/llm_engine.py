@@ -15,7 +15,7 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
-from ..sampler import SamplingParams, draw, log_softmax
+from ..sampler import Draw, SamplingParams, draw, log_softmax
 from .block_pool import BlockPool
 from .kv_cache_manager import KVCacheManager, blocks_for
 from .model_step import ModelStep, StepItem, blocks_for_memory
@@ -152,7 +152,7 @@ class LLMEngine:
                           self.kv.block_table(req.request_id), all_rows=self._wants_rows(req))
                  for req, n in batch.items]
         results = self._forward(items)
-        events = []
+        events, due = [], []
         for (req, n), it, out in zip(batch.items, items, results):
             if isinstance(out, Exception):
                 events.append(self._finish(req, "error", f"the model step failed: {_describe(out)}"))
@@ -163,7 +163,9 @@ class LLMEngine:
             self.scheduler.advance(req, n)
             if req.num_computed < req.num_tokens:     # a prompt chunk: nothing to sample yet
                 continue
-            events.append(self._sample(req, out))
+            due.append((req, out))
+        greedy = _greedy_tokens(due)
+        events += [self._sample(req, out, greedy.get(i)) for i, (req, out) in enumerate(due)]
         return events
 
     def _forward(self, items: list[StepItem]) -> list:
@@ -193,12 +195,16 @@ class LLMEngine:
             if p == len(req.prompt_logprobs) and p < len(req.prompt_ids):
                 req.prompt_logprobs.append(float(log_softmax(rows[j])[req.prompt_ids[p]]))
 
-    def _sample(self, req: Request, logits: np.ndarray) -> TokenEvent:
-        try:
-            mask = req.constraint.allowed() if req.constraint is not None else None
-            d = draw(logits, req.params, req.rng, req.tokens, req.output_ids, mask, req.sampling.logprobs)
-        except Exception as exc:     # noqa: BLE001 - a constraint's failure is its request's alone
-            return self._finish(req, "error", f"sampling failed: {_describe(exc)}")
+    def _sample(self, req: Request, logits: np.ndarray, greedy: int | None = None) -> TokenEvent:
+        """The request's next token from its logits (``greedy``: already drawn, see _greedy_tokens)."""
+        if greedy is not None:
+            d = Draw(greedy)
+        else:
+            try:
+                mask = req.constraint.allowed() if req.constraint is not None else None
+                d = draw(logits, req.params, req.rng, req.tokens, req.output_ids, mask, req.sampling.logprobs)
+            except Exception as exc:     # noqa: BLE001 - a constraint's failure is its request's alone
+                return self._finish(req, "error", f"sampling failed: {_describe(exc)}")
         if d.token in req.stop_ids:
             return self._finish(req, "stop")
         req.append(d.token)
@@ -257,6 +263,47 @@ class LLMEngine:
             for ev in self.step():
                 out.setdefault(ev.request_id, []).append(ev)
         return out
+
+
+def _plain_greedy(req: Request) -> bool:
+    """Whether the request's next token is the argmax of its logits as they are (what draw returns
+    for it: no temperature, penalty, constraint or logprobs)."""
+    p = req.params
+    return (req.constraint is None and req.sampling.logprobs is None and p.temperature == 0
+            and p.repetition_penalty == 1.0 and p.presence_penalty == 0 and p.frequency_penalty == 0)
+
+
+def _greedy_tokens(due: list) -> dict[int, int]:
+    """Argmax tokens of the plain-greedy requests among ``due`` [(request, logits row)], by index,
+    from one argmax over their rows: one NumPy call for a step instead of one per sequence (64
+    draw calls cost ~2 ms a step). Rows that are consecutive rows of one array (the model step's
+    logits) are read in place."""
+    idx = [i for i, (req, _) in enumerate(due) if _plain_greedy(req)]
+    if len(idx) < 2:
+        return {}
+    rows = [due[i][1] for i in idx]
+    block = _row_block(rows)
+    if block is None:
+        block = np.stack(rows)
+    # draw takes the argmax of the float32 logits: the same values here, so the same first maximum
+    return dict(zip(idx, (int(t) for t in np.argmax(block.astype(np.float32, copy=False), axis=1))))
+
+
+def _row_block(rows: list[np.ndarray]) -> np.ndarray | None:
+    """``rows`` as one (n, V) view when they are consecutive rows of one C-contiguous array, else None."""
+    base = rows[0].base
+    if not isinstance(base, np.ndarray) or base.ndim != 2 or not base.flags.c_contiguous:
+        return None
+    first = rows[0].__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    step = base.strides[0]
+    if first % step:
+        return None
+    j0 = first // step
+    for k, r in enumerate(rows):
+        if (r.base is not base or r.shape != base.shape[1:]
+                or r.__array_interface__["data"][0] != base.__array_interface__["data"][0] + (j0 + k) * step):
+            return None
+    return base[j0:j0 + len(rows)]
 
 
 def _describe(exc: BaseException) -> str:

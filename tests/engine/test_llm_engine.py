@@ -206,3 +206,35 @@ def test_capture_graphs_is_a_no_op_on_the_cpu(tiny_model):
     got = [e.token_id for e in eng.run_to_completion(req())["a"]]
     want = [e.token_id for e in LLMEngine(model, max_num_seqs=4, num_blocks=40, block_size=4).run_to_completion(req())["a"]]
     assert got == want and len([t for t in got if t is not None]) == 4
+
+
+def test_greedy_tokens_of_a_step_are_each_requests_draw():
+    """The step's plain-greedy requests get their tokens from one argmax over their rows (read in
+    place when they are consecutive rows of the model step's logits): each is what draw gives it
+    alone, ties and NaNs included; other requests are left to draw."""
+    from types import SimpleNamespace
+
+    from rocmforge.engine.llm_engine import _greedy_tokens, _row_block
+    from rocmforge.sampler import SamplingParams, draw
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 50)).astype(np.float32)
+    logits[1, [4, 9]] = logits[1].max() + 1.0          # a tie: the first maximum wins
+    logits[2, 7] = np.nan
+
+    def req(temperature=0.0, logprobs=None, penalty=1.0):
+        return SimpleNamespace(constraint=None, sampling=SimpleNamespace(logprobs=logprobs),
+                               params=SamplingParams(temperature=temperature, repetition_penalty=penalty))
+
+    reqs = [req(), req(), req(), req(temperature=0.7), req(logprobs=2), req(penalty=1.3)]
+    due = [(r, logits[i]) for i, r in enumerate(reqs)]
+    got = _greedy_tokens(due)
+    assert set(got) == {0, 1, 2}
+    for i in got:
+        assert got[i] == draw(logits[i], reqs[i].params, np.random.default_rng(1)).token
+    assert got[1] == 4
+    block = _row_block([logits[1], logits[2], logits[3]])
+    assert block is not None and np.shares_memory(block, logits) and np.array_equal(block, logits[1:4], equal_nan=True)
+    assert _row_block([logits[0], logits[2]]) is None           # not consecutive: stacked instead
+    assert _greedy_tokens([due[0], due[2]]) == {0: int(np.argmax(logits[0])), 1: got[2]}
+    assert _greedy_tokens(due[:1]) == {}                          # one request: its own draw
