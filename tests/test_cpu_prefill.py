@@ -34,3 +34,21 @@ def test_dequantised_chunks_are_the_oracles_weights(name, monkeypatch):
         y = np.full((20, N), np.nan, np.float32)
         pf.linear(pw, x, y, 2)
         np.testing.assert_allclose(y, x @ want.T, rtol=1e-4, atol=1e-4 * float(np.abs(x @ want.T).max()))
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_1", "Q4_K", "Q6_K"])
+def test_embedding_rows_are_the_oracles(name):
+    """CpuBackend.embedding of a decode step's ids (the block dequantisers, one row each) and of many ids
+    (the row decoders) gives the float oracle's rows, before and after the weight is packed."""
+    from rocmforge.backends.cpu_backend import CpuBackend, QuantWeight
+
+    K = 512 if get_format(name).block_size == 256 else 96
+    raw = random_blocks(name, (37, K), seed=6)
+    W = raw.reshape(37, -1)
+    want = dequantize(raw, name, (37, K))
+    be = CpuBackend()
+    w = QuantWeight(name, ck.FORMATS[name], (37, K), [W[:20], W[20:]])
+    for ids in ([3, 36, 20, 19], list(range(37))):
+        np.testing.assert_array_equal(be.embedding(w, np.array(ids)), want[ids])
+    be.linear(np.ones((1, K), np.float32), w)                 # packs it (the decode layout)
+    np.testing.assert_array_equal(be.embedding(w, np.array([0, 21, 36])), want[[0, 21, 36]])

@@ -19,6 +19,7 @@ stacks, other block types) go through the NumPy backend unchanged, as do all oth
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -96,10 +97,10 @@ class CpuBackend(NumpyBackend):
     max_kernel_rows = int(os.environ.get("ROCMFORGE_CPU_KERNEL_ROWS", "8"))
 
     def __init__(self):
-        from . import cpu_kernels, cpu_ops
+        from . import cpu_kernels, cpu_ops, cpu_packed, cpu_prefill
 
-        self._ck = cpu_kernels
-        self._ops = cpu_ops
+        # modules held here: an import statement in linear() costs ~2 us a call, ~120 calls a token
+        self._ck, self._ops, self._pk, self._pf = cpu_kernels, cpu_ops, cpu_packed, cpu_prefill
         self.kernels = cpu_kernels.kernels()       # compiled, or loaded from numba's disk cache
         self._blas = None                          # threadpoolctl's controller, made at the first forward
 
@@ -110,6 +111,8 @@ class CpuBackend(NumpyBackend):
         # still sets the count.
         if os.environ.get("ROCMFORGE_BLAS_THREADS"):
             return super().forward_scope(n_rows)
+        if n_rows <= self.max_kernel_rows:       # decode runs no BLAS; the limit costs ~50 us a step
+            return contextlib.nullcontext()
         if self._blas is None:
             from threadpoolctl import ThreadpoolController
 
@@ -152,9 +155,20 @@ class CpuBackend(NumpyBackend):
 
     # -- ops that read weights
     def embedding(self, w, ids):
-        if isinstance(w, QuantWeight):
-            return w.rows(np.asarray(ids, np.int64).reshape(-1))
-        return super().embedding(w, ids)
+        if not isinstance(w, QuantWeight):
+            return super().embedding(w, ids)
+        idx = np.asarray(ids, np.int64).reshape(-1)
+        if (len(idx) > self.max_kernel_rows or w.fid >= 20 or not len(idx) or idx.min() < 0
+                or idx.max() >= w.shape[0] or (w.packed is None and w.qtype not in self._pk.RAW_FORMATS)):
+            return w.rows(idx)
+        if w.packed is None:             # the raw layout reads the file's blocks: no copy to make
+            w.packed = self._pk.pack(w.qtype, w.fid, w.raw, w.shape[1])
+        # a decode step's rows one at a time through the block dequantisers (the row decoders' parallel
+        # region took 0.1-1 ms a token)
+        out = np.empty((len(idx), w.shape[1]), np.float32)
+        for i, r in enumerate(idx.tolist()):
+            self._pf.dequantize_rows(w.packed, r, r + 1, out[i:i + 1])
+        return out
 
     def linear(self, x, w, bias=None):
         if not isinstance(w, QuantWeight):
@@ -163,23 +177,17 @@ class CpuBackend(NumpyBackend):
         T = x.shape[0]
         N, K = w.shape
         if w.fid < 20 and w.packed is None:      # integer formats: the decode layout, made at first use
-            from .cpu_packed import pack
-
-            w.packed = pack(w.qtype, w.fid, w.raw, K)
+            w.packed = self._pk.pack(w.qtype, w.fid, w.raw, K)
         y = np.empty((T, N), np.float32)
         if T <= self.max_kernel_rows:
             b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
             if w.fid < 20:       # the layout's vectorised int8 matvec
-                from .cpu_packed import matvec
-
-                matvec(w.packed, x, b, y, self.kernels.nthreads)
+                self._pk.matvec(w.packed, x, b, y, self.kernels.nthreads)
             else:
                 self.kernels.matvec(w.fid, w.parts, x, b, y)
             return y
         if w.fid < 20 and w.packed.off == 0:      # BLAS on chunks the block dequantisers write
-            from . import cpu_prefill
-
-            cpu_prefill.linear(w.packed, x, y, self.kernels.nthreads)
+            self._pf.linear(w.packed, x, y, self.kernels.nthreads)
             if bias is not None:
                 y += bias
             return y
