@@ -294,7 +294,8 @@ def np_backend(monkeypatch):
     fake = types.ModuleType("cupy")
     fake.__dict__.update({k: getattr(np, k) for k in dir(np) if not k.startswith("_")})
     fake.cuda = SimpleNamespace(
-        Device=lambda *a: SimpleNamespace(attributes={"WarpSize": 32, "MultiProcessorCount": 132}),
+        Device=lambda *a: SimpleNamespace(attributes={"WarpSize": 32, "MultiProcessorCount": 132},
+                                          mem_info=(70 << 30, 80 << 30)),     # (free, total) bytes
         runtime=SimpleNamespace(is_hip=False), memory=SimpleNamespace(OutOfMemoryError=MemoryError))
     monkeypatch.setitem(sys.modules, "cupy", fake)
     from rocmforge.backends.cupy_backend import CupyBackend
