@@ -65,7 +65,9 @@ def test_act_mul_is_numpys(be, kind):
 
 
 @pytest.mark.parametrize("H,Hkv,D,S,T,window,softcap", [
-    (9, 3, 64, 200, 1, 0, 0.0), (4, 1, 256, 50, 3, 16, 0.0), (8, 4, 32, 7, 2, 0, 30.0), (2, 2, 16, 0, 4, 0, 0.0)])
+    (9, 3, 64, 200, 1, 0, 0.0), (4, 1, 256, 50, 3, 16, 0.0), (8, 4, 32, 7, 2, 0, 30.0), (2, 2, 16, 0, 4, 0, 0.0),
+    # long enough that a (row, kv head) pair's keys are split over the threads and merged
+    (4, 1, 64, 300, 2, 100, 0.0), (8, 4, 32, 150, 1, 0, 30.0), (4, 1, 32, 500, 3, 0, 0.0)])
 def test_attention(be, H, Hkv, D, S, T, window, softcap):
     rng = np.random.default_rng(S + T)
     caches = [be.new_kv_cache(2, Hkv, D, D, 512) for _ in range(2)]

@@ -270,5 +270,5 @@ class CpuBackend(NumpyBackend):
         cache.store(layer, pos0, k, v)
         out = np.empty((*q.shape[:2], cache.v[layer].shape[-1]), np.float32)
         self._ops.attend_cached(q, cache.k[layer], cache.v[layer], int(pos0), np.float32(scale), int(window),
-                                np.float32(softcap), out)
+                                np.float32(softcap), self.kernels.nthreads, out)
         return out

@@ -101,14 +101,20 @@ def _exp(x):
 _KV_AHEAD = 8
 
 
+# keys per split below which a (row, kv head) pair is not split over threads
+_SPLIT_MIN_KEYS = 64
+
+
 @njit(inline="always", cache=True, fastmath=True)
-def _attend_group(q, K, V, t, kh, qp, lo, scale, softcap, out, p, acc, den):
-    """The G = H // Hkv query heads of kv head kh, query row t at position qp, keys lo..qp."""
+def _attend_part(q, K, V, t, kh, j0, j1, scale, softcap, p, acc, mx, den):
+    """Keys j0..j1 (exclusive) for the G = H // Hkv query heads of kv head kh, query row t: per head g
+    the part's max score mx[g], its sum of exp(score - mx[g]) den[g] and its exp-weighted V rows
+    acc[g] (flash-decoding's partial softmax; an empty part leaves mx = -inf, den = 0, acc = 0)."""
     D = q.shape[2]
     Dv = V.shape[2]
     G = p.shape[0]
     Hkv = K.shape[1]
-    for j in range(lo, qp + 1):
+    for j in range(j0, j1):
         prefetch(K, (j + _KV_AHEAD) * Hkv * D + kh * D)
         for g in range(G):
             s = _F32(0.0)
@@ -117,47 +123,70 @@ def _attend_group(q, K, V, t, kh, qp, lo, scale, softcap, out, p, acc, den):
             s *= scale
             if softcap > 0:
                 s = softcap * np.tanh(s / softcap)
-            p[g, j] = s
+            p[g, j - j0] = s
     for g in range(G):
-        mx = _F32(-np.inf)
-        for j in range(lo, qp + 1):
-            mx = max(mx, p[g, j])
+        m = _F32(-np.inf)
+        for j in range(j1 - j0):
+            m = max(m, p[g, j])
         sm = _F32(0.0)
-        for j in range(lo, qp + 1):
-            e = _exp(p[g, j] - mx)
+        for j in range(j1 - j0):
+            e = _exp(p[g, j] - m)
             p[g, j] = e
             sm += e
+        mx[g] = m
         den[g] = sm
         for i in range(Dv):
             acc[g, i] = 0.0
-    for j in range(lo, qp + 1):
+    for j in range(j0, j1):
         prefetch(V, (j + _KV_AHEAD) * Hkv * Dv + kh * Dv)
         for g in range(G):
-            e = p[g, j]
+            e = p[g, j - j0]
             for i in range(Dv):
                 acc[g, i] += e * V[j, kh, i]
-    for g in range(G):
-        inv = _F32(1.0) / den[g]
-        for i in range(Dv):
-            out[t, kh * G + g, i] = acc[g, i] * inv
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def attend_cached(q, K, V, pos0, scale, window, softcap, out):
+def attend_cached(q, K, V, pos0, scale, window, softcap, nsplit, out):
     """Causal attention of q (T, H, D) at positions pos0.. over K, V (>= pos0 + T, Hkv, D / Dv) already
     holding them; GQA by head groups; ``window`` > 0: keys p - window < j <= p; ``softcap`` > 0: cap *
     tanh(score / cap) before the softmax. out (T, H, Dv). The G query heads of a kv head go together,
-    so each cached K and V row is read once per query; the (row, kv head) pairs are spread over the
-    threads."""
+    so each cached K and V row is read once per query. The tasks, spread over the threads, are (row,
+    kv head, part of the keys): up to ``nsplit`` parts of at least _SPLIT_MIN_KEYS keys (one kv head,
+    Gemma 3's, would otherwise run on one thread), merged after as flash-decoding does."""
     T, H, _ = q.shape
     Hkv = K.shape[1]
+    Dv = V.shape[2]
     G = H // Hkv
     S = pos0 + T
-    for task in prange(T * Hkv):
-        t, kh = task // Hkv, task % Hkv
-        p = np.empty((G, S), np.float32)
-        acc = np.empty((G, V.shape[2]), np.float32)
-        den = np.empty(G, np.float32)
+    ns = max(1, min(nsplit, S // _SPLIT_MIN_KEYS))
+    pm = np.empty((T * Hkv * ns, G), np.float32)
+    pl = np.empty((T * Hkv * ns, G), np.float32)
+    pacc = np.empty((T * Hkv * ns, G, Dv), np.float32)
+    for task in prange(T * Hkv * ns):
+        t, rest = task // (Hkv * ns), task % (Hkv * ns)
+        kh, part = rest // ns, rest % ns
         qp = pos0 + t
         lo = 0 if window <= 0 else max(0, qp - window + 1)
-        _attend_group(q, K, V, t, kh, qp, lo, scale, softcap, out, p, acc, den)
+        n = qp + 1 - lo
+        j0, j1 = lo + part * n // ns, lo + (part + 1) * n // ns
+        p = np.empty((G, max(1, j1 - j0)), np.float32)
+        _attend_part(q, K, V, t, kh, j0, j1, scale, softcap, p, pacc[task], pm[task], pl[task])
+    for t in range(T):
+        for kh in range(Hkv):
+            base = (t * Hkv + kh) * ns
+            for g in range(G):
+                m = _F32(-np.inf)
+                for part in range(ns):
+                    m = max(m, pm[base + part, g])
+                h = kh * G + g
+                den = _F32(0.0)
+                for i in range(Dv):
+                    out[t, h, i] = 0.0
+                for part in range(ns):
+                    w = _exp(pm[base + part, g] - m) if pl[base + part, g] > 0 else _F32(0.0)
+                    den += w * pl[base + part, g]
+                    for i in range(Dv):
+                        out[t, h, i] += w * pacc[base + part, g, i]
+                inv = _F32(1.0) / den
+                for i in range(Dv):
+                    out[t, h, i] *= inv
