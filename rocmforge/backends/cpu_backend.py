@@ -5,7 +5,8 @@ read (:data:`rocmforge.backends.cpu_kernels.FORMATS`) is kept as the file's byte
 :class:`QuantWeight`, a view of the memory map: no float copy), and
 
 * ``linear`` with at most :attr:`CpuBackend.max_kernel_rows` token rows (decode, small batches)
-  runs the int8 matvec kernel straight from the blocks;
+  runs the int8 matvec kernel straight from the blocks, except inside a prefill's forward, whose
+  last-row head stays in float like the rest of it (:meth:`CpuBackend.forward_scope`);
 * longer inputs (prefill) dequantise the weight in row chunks (:mod:`rocmforge.backends.cpu_prefill`,
   vectorised block dequantisers, chunks dealt to both cores) and multiply each chunk with BLAS, so
   no float copy of a whole matrix lives longer than a call;
@@ -103,8 +104,22 @@ class CpuBackend(NumpyBackend):
         self._ck, self._ops, self._pk, self._pf = cpu_kernels, cpu_ops, cpu_packed, cpu_prefill
         self.kernels = cpu_kernels.kernels()       # compiled, or loaded from numba's disk cache
         self._blas = None                          # threadpoolctl's controller, made at the first forward
+        self._float_rows = False                   # inside a prefill forward: linear in float (forward_scope)
 
+    @contextlib.contextmanager
     def forward_scope(self, n_rows):
+        """A forward of more than max_kernel_rows rows (a prefill) runs every linear in float, its
+        last-row head too: the int8 activations of the decode kernels move logits by ~1e-3 of their
+        norm, enough to flip a near tie at a prompt's first token (SmolLM2's README chat answer: "The"
+        led "L" by 0.08), so a prompt's first token is the float reference's."""
+        before, self._float_rows = self._float_rows, n_rows > self.max_kernel_rows
+        try:
+            with self._blas_scope(n_rows):
+                yield
+        finally:
+            self._float_rows = before
+
+    def _blas_scope(self, n_rows):
         # BLAS at one thread: the prefill GEMMs are split over threads by cpu_prefill itself, and
         # OpenBLAS's own workers spin ~0.1 s after each call, taking a core from numba's kernels
         # (SmolLM2 pp128 210 vs 320 t/s, and the decode after it 70 vs 86 t/s). ROCMFORGE_BLAS_THREADS
@@ -127,9 +142,9 @@ class CpuBackend(NumpyBackend):
         return (f"numba {ck.numba.__version__} int8 kernels ({ck.numba.threading_layer()}, "
                 f"{self.kernels.nthreads} threads, {isa()}; ready in {secs:.1f} s): decode matvecs for T <= "
                 f"{self.max_kernel_rows} read Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 from the file's blocks, Q4_K repacked to "
-                f"nibbles per 32, the other integer formats repacked to int8 codes per 16; prefill "
-                f"dequantises row chunks for BLAS (one BLAS thread per core); norms, rope and decode "
-                f"attention as numba kernels")
+                f"nibbles per 32, the other integer formats repacked to int8 codes per 16; a prefill runs "
+                f"in float, its row chunks dequantised for BLAS (one BLAS thread per core); norms, rope and "
+                f"decode attention as numba kernels")
 
     # -- weights
     def _quant(self, raws) -> QuantWeight | None:
@@ -179,7 +194,7 @@ class CpuBackend(NumpyBackend):
         if w.fid < 20 and w.packed is None:      # integer formats: the decode layout, made at first use
             w.packed = self._pk.pack(w.qtype, w.fid, w.raw, K)
         y = np.empty((T, N), np.float32)
-        if T <= self.max_kernel_rows:
+        if T <= self.max_kernel_rows and not self._float_rows:
             b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
             if w.fid < 20:       # the layout's vectorised int8 matvec
                 self._pk.matvec(w.packed, x, b, y, self.kernels.nthreads)
