@@ -9,7 +9,13 @@ from rocmforge.backends import get_backend, gpu_unavailable_reason
 from rocmforge.errors import DeviceError
 
 
-def test_cpu_is_numpy():
+def test_cpu_is_the_kernels_and_numpy_the_reference(monkeypatch):
+    from rocmforge.backends import cpu_kernels_unavailable_reason
+
+    want = "cpu" if cpu_kernels_unavailable_reason() is None else "numpy"    # no numba: NumPy, logged
+    assert get_backend("cpu").name == want
+    assert get_backend("numpy").name == "numpy"
+    monkeypatch.setenv("ROCMFORGE_CPU_KERNELS", "0")
     assert get_backend("cpu").name == "numpy"
 
 
@@ -36,7 +42,7 @@ def test_gpu_without_runtime_is_a_clear_error(no_gpu):
 
 def test_auto_falls_back_to_cpu_and_says_why(no_gpu, caplog):
     with caplog.at_level(logging.WARNING, logger="rocmforge.backends"):
-        assert get_backend("auto").name == "numpy"
+        assert get_backend("auto").name == get_backend("cpu").name
     assert "libamdhip64" in caplog.text and "CPU" in caplog.text
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 import rocmforge
+from rocmforge.backends import get_backend
 from rocmforge.cli.main import main
 from rocmforge.errors import RocmforgeError
 
@@ -183,7 +184,7 @@ def test_bench_json(capsys):
     assert res["pp_tokens"] == 16 and res["tg_tokens"] == 4
     assert res["pp_tps"] > 0 and res["tg_tps"] > 0
     assert len(res["pp_runs"]) == 1 and len(res["tg_runs"]) == 1
-    assert res["arch"] == "llama" and res["backend"] == "numpy"
+    assert res["arch"] == "llama" and res["backend"] == get_backend("cpu").name     # the default CPU backend
     assert "Q4_1" in res["quant_mix"]
 
 

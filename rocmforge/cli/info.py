@@ -34,6 +34,9 @@ def collect(model) -> dict:
         "n_params": model.n_params(),
         "quant_mix": model.quant_mix(),
         "kv_cache": {"dtype": model.kv_cache_dtype, "scales": model.kv_scales},
+        # what `run` / `chat` / `bench` on the CPU compute with (the weights are not read for this)
+        "backend": {"name": model.backend.name, "device": model.backend.device,
+                    "kernels": model.backend.describe() if hasattr(model.backend, "describe") else None},
         "quark_layers": model.quark_layers,
         "coverage": {"mapped": len(used), "ignored": model.n_file_tensors - len(used), "unmapped": 0,
                      "canonical": len(model.tensors),
@@ -73,6 +76,9 @@ def run(args) -> int:
         for name, f in info["quark_layers"].items():
             print(f"    {name:40s} {f['weight']:32s} | {f['input']}")
     scales = info["kv_cache"]["scales"]
+    be = info["backend"]
+    print(f"  backend      {be['name']} ({be['device']}): "
+          + (be["kernels"] or "the NumPy float32 reference (dequantised weights)"))
     print(f"  KV cache     {info['kv_cache']['dtype']}"
           + (f", FP8 scales (k, v) per layer from the file: {scales}" if scales else ""))
     print("  hparams")

@@ -27,6 +27,10 @@ endpoints: /v1/models, /v1/completions, /v1/chat/completions (SSE with "stream":
 /tokenize, /detokenize, /health, /metrics (Prometheus, vLLM's names), /docs, /openapi.json
 needs the serve extra: pip install "rocmforge[serve]"
 
+on the CPU the server runs the float reference (--device numpy, its default here): a request's greedy
+tokens are then the same whatever else shares its steps. --device cpu-kernels decodes faster with int8
+activations, where a row's arithmetic depends on how many rows its step holds (up to 8: int8, more: float).
+
 replicas (Ray Serve; pip install "rocmforge[ray]"): N engines, each in its own process, behind the same
 endpoint and API; Ray routes each request to a replica and around one that dies while it starts another.
 Each response names its replica in the x-rocmforge-replica header (x-rocmforge-replica-pid: its process).
@@ -74,7 +78,7 @@ def add_parser(sub) -> None:
     r.add_argument("--replica-cpus", type=_positive_float, default=1.0, metavar="C",
                    help="CPUs Ray reserves for each replica, also its BLAS/Numba thread count (default 1; "
                         "fractions share cores); with --device gpu each replica also takes one whole GPU")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, device="numpy")     # batched == alone on the CPU (see the epilog)
 
 
 def _positive(text: str) -> int:

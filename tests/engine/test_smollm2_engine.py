@@ -13,7 +13,7 @@ def test_smollm2_batched_greedy_equals_alone():
     from rocmforge.generate import generate_ids
     from rocmforge.sampler import SamplingParams
 
-    model = rocmforge.load_model("smollm2")
+    model = rocmforge.load_model("smollm2", device="numpy")   # what `rocmforge serve` runs on the CPU
     tok = model.tokenizer
     system = "You are a helpful assistant who answers briefly and precisely. " * 3   # > 2 blocks
     prompts = [tok.encode(system + q) for q in ("What is the capital of France?", "Name a primary colour.",

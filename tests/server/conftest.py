@@ -12,7 +12,7 @@ def smollm():
         pytest.skip(f"{SMOLLM2_DIST} not installed")
     import rocmforge
 
-    return rocmforge.load_model("smollm2")
+    return rocmforge.load_model("smollm2", device="numpy")     # what `rocmforge serve` runs on the CPU
 
 
 def _free_port() -> int:
