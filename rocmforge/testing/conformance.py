@@ -216,7 +216,7 @@ def _checks() -> list[tuple[str, Callable[[_Tiny], str]]]:
             raise _Skip(reason)
         out = []
         for form in ("F32", "Q4_0"):
-            ref = t.model(form).logits(t.prompt)
+            ref = t.model(form, "numpy").logits(t.prompt)     # the float reference
             e = nmse(t.model(form, "gpu").logits(t.prompt), ref)
             assert _ok(e, NMSE_GPU), f"{form}: GPU vs CPU NMSE {e:.3g} > {NMSE_GPU}"
             out.append(f"{form} {e:.1e}")

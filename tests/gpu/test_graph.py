@@ -95,7 +95,7 @@ def test_graph_across_split_boundaries(files):
     # and against the CPU reference
     import rocmforge
 
-    cpu = rocmforge.load_model(str(files["llama-gqa"]["Q4_0"]), device="cpu", tokenizer=False)
+    cpu = rocmforge.load_model(str(files["llama-gqa"]["Q4_0"]), device="numpy", tokenizer=False)
     _, cref = _decode(cpu, prompt, steps, 1024)
     check(got, cref, 5e-3, "graph decode vs CPU (int8 activations)")
 
@@ -128,7 +128,7 @@ def test_moe_falls_back_to_eager(files):
     assert not isinstance(s.cache.graph, DecodeGraph)
     assert "moe" in s.cache.graph.why, s.cache.graph.why
     check(got, ref, 1e-10, "MoE decode, graph-enabled backend vs eager")
-    cpu = rocmforge.load_model(str(path), device="cpu", tokenizer=False)
+    cpu = rocmforge.load_model(str(path), device="numpy", tokenizer=False)
     _, cref = _decode(cpu, prompt, steps, 64)
     check(got, cref, 5e-4, "MoE decode vs CPU")
     # the model is remembered: a new session does not try again

@@ -36,7 +36,7 @@ def _gpu_vs_cpu(path, prefix: int, decode_tol: float, what: str) -> None:
     """Full-sequence logits, then a prefill of ``prefix`` tokens and one-token decode steps, GPU vs CPU."""
     import rocmforge
 
-    cpu = rocmforge.load_model(str(path), device="cpu", tokenizer=False)
+    cpu = rocmforge.load_model(str(path), device="numpy", tokenizer=False)
     gpu = rocmforge.load_model(str(path), device="gpu", tokenizer=False)
     ref = cpu.logits(IDS)
     check(gpu.logits(IDS), ref, 5e-4, f"{what} prefill logits")
@@ -90,7 +90,7 @@ def llama_f32_gguf(folders, tmp_path_factory):
 def test_mx_model_gpu_vs_cpu(llama_f32_gguf, qtype):
     from rocmforge.backends.cupy_backend import GpuWeight
 
-    cpu = _mx_model(llama_f32_gguf, "cpu", qtype)
+    cpu = _mx_model(llama_f32_gguf, "numpy", qtype)
     gpu = _mx_model(llama_f32_gguf, "gpu", qtype)
     ref = cpu.logits(IDS)
     check(gpu.logits(IDS), ref, 5e-4, f"{qtype} prefill")

@@ -111,7 +111,7 @@ PROMPT = [3, 17, 42, 99, 7, 250, 128, 64, 5, 31, 200, 11, 77, 150, 9, 240, 1, 33
 def test_tiny_model_gpu_equals_cpu(gpu, built, arch):
     from rocmforge import load_model
 
-    cpu_m = load_model(str(built[arch]), device="cpu", tokenizer=False)
+    cpu_m = load_model(str(built[arch]), device="numpy", tokenizer=False)
     gpu_m = load_model(str(built[arch]), device="gpu", tokenizer=False)
     full = cpu_m.logits(PROMPT)
     check(gpu_m.logits(PROMPT), full, 5e-4, f"{arch} logits")
@@ -139,7 +139,7 @@ def test_tiny_model_long_prompt_gpu_equals_cpu(gpu, built, arch):
     chunk) gives the CPU's logits, and the state it leaves decodes on like the CPU's."""
     from rocmforge import load_model
 
-    cpu_m = load_model(str(built[arch]), device="cpu", tokenizer=False)
+    cpu_m = load_model(str(built[arch]), device="numpy", tokenizer=False)
     gpu_m = load_model(str(built[arch]), device="gpu", tokenizer=False)
     check(gpu_m.logits(LONG), cpu_m.logits(LONG), 5e-4, f"{arch} long prompt")
     sc, sg = cpu_m.new_session(200), gpu_m.new_session(200)
