@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ours", metavar="MODEL", help="serve MODEL with `python -m rocmforge serve`")
     ap.add_argument("--llama-server", metavar="PATH", help="also run llama.cpp's llama-server on the same file")
-    ap.add_argument("--device", default="cpu", help="rocmforge's --device (default cpu)")
+    ap.add_argument("--device", default="numpy", help="rocmforge's --device (default numpy, what serve runs on the CPU)")
     ap.add_argument("--ngl", type=int, default=0, help="llama-server -ngl (99 for a GPU)")
     ap.add_argument("--streams", type=lambda t: [int(v) for v in t.split(",")], default=[1, 4, 16])
     ap.add_argument("--tokens", type=int, default=32, help="tokens generated per request")
