@@ -24,6 +24,7 @@
 // groups [y * gps, (y + 1) * gps) (gps a multiple of 8); S = 1 writes y (+ bias), otherwise the
 // partial sums part[(y * T + t) * N + n] that mmq_frag_reduce adds in split order.
 #include "rf_common.h"
+#include "rf_quant.h"
 #include "rf_split.h"
 
 #define RF_FRAG_THREADS 128
@@ -36,9 +37,14 @@
                                                 4 lanes of one B-fragment load hit 32 distinct banks */
 #define RF_FRAG_NX (RF_FRAG_BN * 16 / RF_FRAG_THREADS)   /* 16-byte code chunks each thread copies */
 #ifndef RF_FRAG_MIN_BLOCKS
-#define RF_FRAG_MIN_BLOCKS 3                 /* resident blocks per multiprocessor the registers must allow:
-                                                3 (<= 168 registers) measured best at 32 and 64 rows, 2 was
-                                                ~1.5x slower (benchmarks/mmq_bench.py --frag-min-blocks) */
+#  if defined(RF_CUDA)
+#    define RF_FRAG_MIN_BLOCKS 3             /* resident blocks per multiprocessor the registers must allow:
+                                                3 measured best on the H200 at 32 and 64 rows, 2 was ~1.5x
+                                                slower (benchmarks/mmq_bench.py --frag-min-blocks) */
+#  else
+#    define RF_FRAG_MIN_BLOCKS 1             /* not measured on AMD: the compiler's own choice (3 cannot be
+                                                met on gfx942 with the plain-thread path's registers) */
+#  endif
 #endif
 
 #if defined(RF_CUDA) && defined(__CUDA_ARCH__)
@@ -128,8 +134,7 @@ RF_DEV float rf_frag_scale(uint4 d, int j) {
 
 // the 4 weights of a word's low (hi = 0) or high nibbles as int8 q - 8
 RF_DEV int rf_frag_codes(rf_u32 w, int hi) {
-    const rf_u32 n = (w >> (4 * hi)) & 0x0f0f0f0fu;
-    return (int)(((n | 0x80808080u) - 0x08080808u) ^ 0x80808080u);
+    return rf_sub_bytes((w >> (4 * hi)) & 0x0f0f0f0fu, 8);
 }
 
 #if defined(RF_FRAG_MMA)
