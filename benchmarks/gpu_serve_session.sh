@@ -30,7 +30,8 @@ grep -E "^engine x|wave x" "$OUT/engine_wave.log"
 wait $build || { tail -20 "$OUT/build.log"; exit 1; }
 server=/tmp/llama-build/bin/llama-server
 python3 benchmarks/serve_bench.py --ours /tmp/sbs/7b-q4_0.gguf --device gpu --llama-server $server --ngl 99 \
-    --streams 1,4,16,64 --tokens 128 --logdir /tmp --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.log" | tail -12 || rc=1
+    --streams 1,4,16,64 --tokens 128 --logdir /tmp --json "$OUT/serve.json" --step-trace "$OUT/steps.jsonl" 2>&1 \
+    | tee "$OUT/serve.log" | tail -16 || rc=1
 python3 benchmarks/serve_bench.py --ours /tmp/sbs/7b-q4_0.gguf --device gpu --llama-server $server --ngl 99 \
     --streams 16 --tokens 32 --shared-prefix 400 --logdir /tmp --json "$OUT/serve-prefix.json" 2>&1 \
     | tee -a "$OUT/serve.log" | tail -5 || rc=1

@@ -14,6 +14,9 @@ p50 / p99 of TTFT and ITL. ``--shared-prefix N`` gives every prompt the same N-w
 before its own question, and one request with that text runs before the wave (the prefix-cache
 workload: the system text has been seen before); otherwise prompts share nothing. llama-server
 runs with ``-np`` = the largest stream count and continuous batching (its default).
+``--step-trace FILE`` has our server write each engine step's phases there (ROCMFORGE_STEP_TRACE,
+rocmforge.engine.step_trace) and prints, per wave, how its steps split into scheduling, the model
+step, sampling and the handoff to the event loop, and the gaps between steps.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ async def wave(url: str, model: str, n: int, tokens: int, shared: int, words: in
             await one_stream(client, url, model, head + "Request warm-up: " + " ".join(WORDS[:words]), 4)
         t0 = time.perf_counter()
         res = await asyncio.gather(*(one_stream(client, url, model, p, tokens) for p in ps))
-        wall = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        wall = t1 - t0
     errors = [r["error"] for r in res if "error" in r]
     ok = [r for r in res if "error" not in r]
     ttft = [r["ttft"] for r in ok]
@@ -97,13 +101,14 @@ async def wave(url: str, model: str, n: int, tokens: int, shared: int, words: in
     return {"streams": n, "tokens_per_request": tokens, "wall_s": wall, "agg_tps": generated / wall if wall else 0.0,
             "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
             "itl_p50": percentile(itl, 50), "itl_p99": percentile(itl, 99), "errors": errors[:3],
-            "n_errors": len(errors)}
+            "n_errors": len(errors), "t0": t0, "t1": t1}
 
 
-def start(cmd: list[str], url: str, log: Path, timeout: float = 300) -> subprocess.Popen:
+def start(cmd: list[str], url: str, log: Path, env: dict | None = None, timeout: float = 300) -> subprocess.Popen:
     import httpx
 
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=None if env is None else {**os.environ, **env})
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
@@ -118,10 +123,10 @@ def start(cmd: list[str], url: str, log: Path, timeout: float = 300) -> subproce
     raise SystemExit(f"server did not come up in {timeout:.0f} s; see {log}")
 
 
-def run_engine(name: str, cmd: list[str], port: int, model_name: str, a) -> list[dict]:
+def run_engine(name: str, cmd: list[str], port: int, model_name: str, a, env: dict | None = None) -> list[dict]:
     url = f"http://127.0.0.1:{port}"
     log = Path(a.logdir) / f"{name}-server.log"
-    proc = start(cmd, url, log)
+    proc = start(cmd, url, log, env)
     rows = []
     try:
         for n in a.streams:
@@ -152,6 +157,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def trace_waves(path: str, rows: list[dict]) -> None:
+    """Each wave's engine steps (the steps that started inside its wall time), summarised into its row."""
+    from rocmforge.engine.step_trace import summarise
+
+    with open(path) as f:
+        steps = [json.loads(x) for x in f if x.strip()]
+    for r in rows:
+        s = summarise([st for st in steps if r["t0"] <= st["t"] <= r["t1"]])
+        r["steps"] = s
+        parts = []
+        for kind in ("decode", "mixed"):
+            if kind in s:
+                k = s[kind]
+                parts.append(f"{kind} {k['steps']} steps: total p50/p99 {k['total']['p50']:.2f}/{k['total']['p99']:.2f}"
+                             f" (fwd {k['fwd']['p50']:.2f}/{k['fwd']['p99']:.2f}, sched {k['sched']['p50']:.2f}, "
+                             f"sample {k['sample']['p50']:.2f}, deliver {k['deliver']['p50']:.2f}) ms")
+        if "gap_ms" in s:
+            parts.append(f"gaps p50/p99/max {s['gap_ms']['p50']:.2f}/{s['gap_ms']['p99']:.2f}/{s['gap_ms']['max']:.2f} ms")
+        print(f"[steps    ] x{r['streams']:<3d} " + "; ".join(parts), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared-prefix", type=int, default=0, help="words of a system text every prompt shares")
     ap.add_argument("--logdir", default="/tmp", help="where the servers' logs go")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--step-trace", metavar="FILE", help="our server's engine steps, traced here and summarised per wave")
     a = ap.parse_args(argv)
     if not a.ours:
         ap.error("--ours MODEL is required (the file both engines serve)")
@@ -172,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     ours = [sys.executable, "-m", "rocmforge", "serve", a.ours, "--port", str(port), "--device", a.device,
             "--max-num-seqs", str(max(a.streams)), "--served-model-name", "bench"]
-    rows += run_engine("rocmforge", ours, port, "bench", a)
+    env = None
+    if a.step_trace:
+        Path(a.step_trace).unlink(missing_ok=True)
+        env = {"ROCMFORGE_STEP_TRACE": a.step_trace}
+    rows += run_engine("rocmforge", ours, port, "bench", a, env)
+    if a.step_trace:
+        trace_waves(a.step_trace, [r for r in rows if r["engine"] == "rocmforge"])
     if a.llama_server:
         from rocmforge.installed_models import resolve_model
 

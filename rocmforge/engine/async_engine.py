@@ -116,6 +116,8 @@ class AsyncEngine:
                 for rid in list(eng.requests):
                     self._deliver(eng.abort(rid))
                 self._snapshot()
+                if eng.trace is not None:
+                    eng.trace.close()
                 return
             if eng.has_unfinished():
                 try:
@@ -125,6 +127,8 @@ class AsyncEngine:
                     events = [eng.fail(rid, f"engine step failed: {type(exc).__name__}: {exc}")
                               for rid in list(eng.requests)]
                 self._deliver_all(events)
+                if eng.trace is not None:
+                    eng.trace.mark()
             self._snapshot()
 
     def _command(self, cmd: tuple) -> bool:

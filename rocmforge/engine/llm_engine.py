@@ -22,6 +22,7 @@ from .model_step import ModelStep, StepItem, blocks_for_memory
 from .protocol import EngineRequest, EngineStats, SamplingOptions, TokenEvent
 from .request import Request
 from .scheduler import Scheduler
+from .step_trace import StepTrace
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class LLMEngine:
         self._arrivals = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.trace = StepTrace.from_env()      # ROCMFORGE_STEP_TRACE=FILE: each step's phases (step_trace)
 
     # ---- requests
     def validate(self, request: EngineRequest) -> None:
@@ -140,6 +142,9 @@ class LLMEngine:
     # ---- one step
     def step(self) -> list[TokenEvent]:
         """Schedule, run one batched forward, sample: the events this step made."""
+        tr = self.trace
+        if tr is not None:
+            tr.start()
         batch = self.scheduler.schedule()
         for req in batch.preempted:
             self.runner.release(req.request_id)
@@ -151,7 +156,11 @@ class LLMEngine:
         items = [StepItem(req.request_id, req.tokens[req.num_computed:req.num_computed + n], req.num_computed,
                           self.kv.block_table(req.request_id), all_rows=self._wants_rows(req))
                  for req, n in batch.items]
+        if tr is not None:
+            tr.mark()
         results = self._forward(items)
+        if tr is not None:
+            tr.mark()
         events, due = [], []
         for (req, n), it, out in zip(batch.items, items, results):
             if isinstance(out, Exception):
@@ -166,6 +175,10 @@ class LLMEngine:
             due.append((req, out))
         greedy = _greedy_tokens(due)
         events += [self._sample(req, out, greedy.get(i)) for i, (req, out) in enumerate(due)]
+        if tr is not None:
+            tr.mark()
+            tr.end_step(len(items), sum(len(it.token_ids) for it in items),
+                        sum(len(it.token_ids) for it in items if len(it.token_ids) > 1))
         return events
 
     def _forward(self, items: list[StepItem]) -> list:
