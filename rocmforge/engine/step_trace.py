@@ -5,8 +5,9 @@ the engine thread did meanwhile. Each line holds the step's start (``t``, second
 perf_counter clock), and how long it spent scheduling (``sched``), in the model step (``fwd``: the
 launches, the GPU's time and the logits' copy to the host), sampling (``sample``) and handing the
 events to the event loop (``deliver``), all in ms, with the step's sequences (``seqs``), token rows
-(``rows``) and how many of those were in chunks of more than one token, prompt rows (``prompt``). A gap between one step's end and the
-next one's ``t`` is time the thread spent elsewhere: the inbox, the GIL, nothing to do.
+(``rows``) and the rows of its chunks of more than one token, the prompts' (``prompt``). A gap
+between one step's end and the next one's ``t`` is time the thread spent elsewhere: the inbox, the
+GIL, nothing to do.
 
 ``python3 -m rocmforge.engine.step_trace FILE`` summarises a trace (``--json`` for scripts).
 """
