@@ -3,11 +3,14 @@
 // Layout: x (rows, V) float32; out (rows) int32.
 // Launch: one block per row, blockDim.x a multiple of RF_WARP (<= 1024).
 // Each thread scans a strided slice keeping (value, lowest index), then the
-// warp and the block reduce; ties go to the lower index (NumPy's argmax).
+// warp and the block reduce; ties go to the lower index and a NaN beats every
+// number (NumPy's argmax: the first NaN, else the first maximum).
 #include "rf_common.h"
 
 RF_DEV void rf_argmax_merge(float& v, int& i, float v2, int i2) {
-    if (v2 > v || (v2 == v && i2 < i)) { v = v2; i = i2; }
+    const bool n = v != v, n2 = v2 != v2;
+    const bool take = n2 ? (!n || i2 < i) : (!n && (v2 > v || (v2 == v && i2 < i)));
+    if (take) { v = v2; i = i2; }
 }
 
 extern "C" __global__ void argmax_f32(const float* __restrict__ x, int* __restrict__ out, int V) {

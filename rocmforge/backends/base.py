@@ -31,6 +31,12 @@ class Backend(ABC):
     def to_numpy(self, a: Any) -> np.ndarray:
         """Backend array -> host NumPy array."""
 
+    def argmax(self, x: Any) -> np.ndarray:
+        """Row-wise argmax of (T, V) logits, int64 on the host, by NumPy's rule (the first maximum; a
+        NaN counts as the maximum): greedy tokens without the logits' copy to the host on a GPU."""
+        h = np.asarray(self.to_numpy(x), np.float32)
+        return np.argmax(h.reshape(-1, h.shape[-1]), axis=-1).astype(np.int64)
+
     @abstractmethod
     def weight(self, raw) -> Any:
         """Prepare a RawTensor for use in the ops below (may keep it quantised)."""

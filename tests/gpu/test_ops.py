@@ -76,6 +76,20 @@ def test_argmax(gb, rng):
     assert (gb.argmax(gb.upload(x)) == x.argmax(-1)).all()
 
 
+def test_argmax_ties_nan_and_infinities_follow_numpy(gb, rng):
+    x = rand(rng, 6, 32001)
+    x[0, [7, 20000, 31999]] = 50.0                  # a tie across threads: the first
+    x[1, [30000, 9]] = np.nan                        # NaN beats every number: the first NaN
+    x[1, 5] = np.inf
+    x[2] = -np.inf                                   # nothing larger than -inf: index 0
+    x[3, [123, 31000]] = np.inf
+    x[4] = 1.0                                       # all equal
+    x[5, 32000] = 60.0                               # the last column
+    want = np.argmax(x, axis=-1)
+    assert want.tolist()[:5] == [7, 9, 0, 123, 0]
+    assert gb.argmax(gb.upload(x)).tolist() == want.tolist()
+
+
 def _raw(qtype, shape, rng):
     from rocmforge.quant.samples import random_blocks
 
