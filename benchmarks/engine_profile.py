@@ -66,9 +66,9 @@ class _Timed:
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
-    def run(self, items):
+    def run(self, items, while_running=None):
         t0 = time.perf_counter()
-        out = self.runner.run(items)
+        out = self.runner.run(items, while_running)
         self.walls.append((len(items), sum(len(i.token_ids) for i in items), time.perf_counter() - t0))
         return out
 

@@ -32,7 +32,9 @@ class WaitingStep:
     def __init__(self, vocab_size: int, step_s: float):
         self.vocab_size, self.step_s = vocab_size, step_s
 
-    def run(self, items):
+    def run(self, items, while_running=None):
+        if while_running is not None:      # the GPU's step has been launched: the host works meanwhile
+            while_running()
         time.sleep(self.step_s)
         out = []
         for it in items:

@@ -116,7 +116,9 @@ def _eligible(executor, runs) -> bool:
 
 
 def decode_batch(be, executor, runs: list[tuple[Any, PagedKVView, int]]):
-    """Host logits (len(runs), vocab) of one decode step of ``runs``, or None: run it eagerly."""
+    """Logits (len(runs), vocab) of one decode step of ``runs``, or None: run it eagerly. A replayed
+    step's are the graph's own output rows on the device, the launch queued and not waited for (the
+    caller's host work overlaps the step; the next replay overwrites them)."""
     if be._no_graph is not None and executor in be._no_graph:
         return None
     if not _eligible(executor, runs):
@@ -145,7 +147,7 @@ def _replay(be, g: BatchGraph, runs, scratch: int):
     for _, view, pos0 in runs:
         for i in range(len(view.length)):
             view.length[i] = pos0 + 1
-    return cp.asnumpy(g.out[:len(runs)], stream=stream)
+    return g.out[:len(runs)]
 
 
 def _off(be, executor, store, key, why: str, permanent: bool = False) -> None:

@@ -11,7 +11,7 @@ sequence is run alone once to find which one it was.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import numpy as np
 
@@ -140,8 +140,9 @@ class LLMEngine:
         return self.scheduler.num_unfinished > 0
 
     # ---- one step
-    def step(self) -> list[TokenEvent]:
-        """Schedule, run one batched forward, sample: the events this step made."""
+    def step(self, while_running: Callable[[], None] | None = None) -> list[TokenEvent]:
+        """Schedule, run one batched forward, sample: the events this step made. ``while_running``:
+        called once the forward is queued (ModelStep.run), e.g. to hand the last step's events on."""
         tr = self.trace
         if tr is not None:
             tr.start()
@@ -154,11 +155,12 @@ class LLMEngine:
             self.runner.copy_blocks(self.kv.pending_copies)
             self.kv.pending_copies = []
         items = [StepItem(req.request_id, req.tokens[req.num_computed:req.num_computed + n], req.num_computed,
-                          self.kv.block_table(req.request_id), all_rows=self._wants_rows(req))
+                          self.kv.block_table(req.request_id), all_rows=self._wants_rows(req),
+                          greedy=_plain_greedy(req))
                  for req, n in batch.items]
         if tr is not None:
             tr.mark()
-        results = self._forward(items)
+        results = self._forward(items, while_running)
         if tr is not None:
             tr.mark()
         events, due = [], []
@@ -181,14 +183,16 @@ class LLMEngine:
                         sum(len(it.token_ids) for it in items if len(it.token_ids) > 1))
         return events
 
-    def _forward(self, items: list[StepItem]) -> list:
+    def _forward(self, items: list[StepItem], while_running=None) -> list:
         try:
-            return self.runner.run(items)
+            return self.runner.run(items, while_running) if while_running is not None else self.runner.run(items)
         except Exception as exc:     # noqa: BLE001 - one bad sequence must not take the batch down
             if len(items) == 1:
                 log.warning("model step failed for %s: %s", items[0].seq_id, _describe(exc))
                 return [exc]
             log.warning("batched model step failed (%s); running its %d sequences alone", _describe(exc), len(items))
+        if while_running is not None:     # the batched forward failed before it could call it
+            while_running()
         out = []
         for it in items:
             try:
@@ -287,19 +291,21 @@ def _plain_greedy(req: Request) -> bool:
 
 
 def _greedy_tokens(due: list) -> dict[int, int]:
-    """Argmax tokens of the plain-greedy requests among ``due`` [(request, logits row)], by index,
-    from one argmax over their rows: one NumPy call for a step instead of one per sequence (64
-    draw calls cost ~2 ms a step). Rows that are consecutive rows of one array (the model step's
-    logits) are read in place."""
-    idx = [i for i, (req, _) in enumerate(due) if _plain_greedy(req)]
+    """Argmax tokens of the plain-greedy requests among ``due`` [(request, logits row, or the token
+    id the model step took where the logits were)], by index. The rows' argmax is one NumPy call
+    for a step instead of one per sequence (64 draw calls cost ~2 ms a step); rows that are
+    consecutive rows of one array (the model step's logits) are read in place."""
+    got = {i: out for i, (_, out) in enumerate(due) if isinstance(out, int)}    # taken by the model step
+    idx = [i for i, (req, out) in enumerate(due) if not isinstance(out, int) and _plain_greedy(req)]
     if len(idx) < 2:
-        return {}
+        return got
     rows = [due[i][1] for i in idx]
     block = _row_block(rows)
     if block is None:
         block = np.stack(rows)
     # draw takes the argmax of the float32 logits: the same values here, so the same first maximum
-    return dict(zip(idx, (int(t) for t in np.argmax(block.astype(np.float32, copy=False), axis=1))))
+    got.update(zip(idx, (int(t) for t in np.argmax(block.astype(np.float32, copy=False), axis=1))))
+    return got
 
 
 def _row_block(rows: list[np.ndarray]) -> np.ndarray | None:

@@ -18,10 +18,8 @@ past position 0 (it is not stored per block), so prefix caching is off for such 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from ..errors import RocmforgeError
 
@@ -35,6 +33,7 @@ class StepItem:
     pos0: int                  # position of token_ids[0]; positions before it are in the KV already
     block_table: list[int]
     all_rows: bool = False     # every row's logits (prompt logprobs), not just the last
+    greedy: bool = False       # only the last row's argmax is wanted (see ModelStep.run)
 
 
 def kv_bytes_per_block(model, block_size: int) -> int:
@@ -164,8 +163,12 @@ class ModelStep:
             ids, pos0 = done[:pos0] + ids, 0
         return ids, pos0
 
-    def run(self, items: list[StepItem]) -> list[np.ndarray]:
-        """Logits per item, float32 on the host: (vocab,) for the last row, (n, vocab) with all_rows."""
+    def run(self, items: list[StepItem], while_running: Callable[[], None] | None = None) -> list:
+        """Logits per item, float32 on the host: (vocab,) for the last row, (n, vocab) with all_rows.
+        When every item is ``greedy``, each gets its token id (an int) instead, the argmax taken where
+        the logits are (on a GPU only the ids cross to the host). ``while_running`` is called once the
+        step's work is queued and before its results are waited for: on a GPU the caller's host work
+        (handing the last step's tokens to the server) then overlaps this step."""
         runs = []
         for it in items:
             view = self._views.get(it.seq_id)
@@ -189,6 +192,10 @@ class ModelStep:
             if it.seq_id in self._absorbed:
                 self._absorbed[it.seq_id][pos0:] = ids
                 self._stale.discard(it.seq_id)
+        if while_running is not None:
+            while_running()
+        if not all_rows and all(it.greedy for it in items):
+            return [int(t) for t in self.backend.argmax(out)]
         logits = self.backend.to_numpy(out)
         result, row = [], 0
         for it, (ids, _, _) in zip(items, runs):

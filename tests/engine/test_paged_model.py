@@ -47,3 +47,33 @@ def test_two_sequences_in_one_step_equal_each_alone(tiny_model):
     assert nmse(out[0], model.logits(a)) < 1e-10
     assert out[1].shape == (model.hparams["vocab_size"],)
     assert nmse(out[1], model.logits(b)[-1]) < 1e-10
+
+
+def test_greedy_items_get_the_argmax_of_their_logits_and_while_running_is_called_once(tiny_model):
+    model = tiny_model("llama", "llama-gqa")
+    prompts = {"a": IDS[:9], "b": IDS[4:15], "c": IDS[2:5]}
+    tables = {"a": [0, 1, 2], "b": [3, 4, 5, 6], "c": [7, 8]}
+    calls = []
+
+    def run(greedy):
+        step = ModelStep(model, num_blocks=16, block_size=4)
+        items = [StepItem(s, p, 0, tables[s], greedy=greedy) for s, p in prompts.items()]
+        return step.run(items, while_running=lambda: calls.append(greedy))
+
+    rows, ids = run(False), run(True)
+    want = [int(np.argmax(row)) for row in rows]
+    assert want == [int(np.argmax(model.logits(p)[-1])) for p in prompts.values()]
+    assert all(isinstance(t, int) for t in ids) and ids == want
+    assert calls == [False, True]
+    # one item that is not greedy gets every item its logits
+    mixed = ModelStep(model, num_blocks=16, block_size=4)
+    out = mixed.run([StepItem("a", prompts["a"], 0, tables["a"], greedy=True),
+                     StepItem("b", prompts["b"], 0, tables["b"])])
+    assert [o.shape for o in out] == [(model.hparams["vocab_size"],)] * 2
+
+
+def test_backend_argmax_follows_numpy_on_ties_nan_and_infinities(tiny_model):
+    backend = ModelStep(tiny_model("llama", "llama-gqa"), num_blocks=4, block_size=4).backend
+    x = np.array([[1.0, 3.0, 3.0, 2.0], [np.nan, 5.0, np.nan, 1.0], [-np.inf] * 4, [0.0, np.inf, 7.0, np.inf]],
+                 np.float32)
+    assert backend.argmax(x).tolist() == np.argmax(x, axis=-1).tolist() == [1, 0, 0, 1]

@@ -17,7 +17,9 @@ class FakeStep:
     def __init__(self, fail_for=()):
         self.batches, self.fail_for, self.released = [], set(fail_for), []
 
-    def run(self, items):
+    def run(self, items, while_running=None):
+        if while_running is not None:
+            while_running()
         self.batches.append([(it.seq_id, len(it.token_ids), it.pos0) for it in items])
         if self.fail_for & {it.seq_id for it in items}:
             raise MemoryError("out of memory")
