@@ -21,6 +21,9 @@ class Backend(ABC):
     # the serving engine's default token rows per step: a prompt chunk beside the running decodes
     # costs them this much wait, and a larger one amortises each prefill pass over the weights
     step_tokens: int = 512
+    # a forward returns once its work is queued on the device, before the results exist (a GPU
+    # stream): host work done then overlaps it. On the CPU a forward returns when it is done.
+    queues_work: bool = False
 
     # -- data movement
     @abstractmethod

@@ -68,6 +68,7 @@ class CupyBackend(CupyPaged, CupyAttention, CupyMoe, CupyLinear, CupyElementwise
                   CupyActQuant, Backend):
     name = "cupy"
     device = "gpu"
+    queues_work = True
 
     def __init__(self, poison: bool = False, graphs: bool | None = None):
         """``poison``: fill every output buffer with NaN before a kernel writes it (tests).

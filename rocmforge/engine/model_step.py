@@ -168,7 +168,8 @@ class ModelStep:
         When every item is ``greedy``, each gets its token id (an int) instead, the argmax taken where
         the logits are (on a GPU only the ids cross to the host). ``while_running`` is called once the
         step's work is queued and before its results are waited for: on a GPU the caller's host work
-        (handing the last step's tokens to the server) then overlaps this step."""
+        (handing the last step's tokens to the server) then overlaps this step. A backend that does not
+        queue work (the CPU) has it called before the forward."""
         runs = []
         for it in items:
             view = self._views.get(it.seq_id)
@@ -179,6 +180,9 @@ class ModelStep:
             view.set_table(it.block_table, pos0)
             runs.append((ids, view, pos0))
         all_rows = any(it.all_rows for it in items)
+        if while_running is not None and not getattr(self.backend, "queues_work", False):
+            while_running()           # nothing to overlap: the caller's work would wait a whole step
+            while_running = None
         try:
             out = None
             if not all_rows and not self.has_state and all(len(ids) == 1 for ids, _, _ in runs):

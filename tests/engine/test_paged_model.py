@@ -77,3 +77,19 @@ def test_backend_argmax_follows_numpy_on_ties_nan_and_infinities(tiny_model):
     x = np.array([[1.0, 3.0, 3.0, 2.0], [np.nan, 5.0, np.nan, 1.0], [-np.inf] * 4, [0.0, np.inf, 7.0, np.inf]],
                  np.float32)
     assert backend.argmax(x).tolist() == np.argmax(x, axis=-1).tolist() == [1, 0, 0, 1]
+
+
+def test_on_the_cpu_while_running_comes_before_the_forward(tiny_model):
+    """A CPU forward returns when it is done: the last step's tokens must not wait a whole step."""
+    step = ModelStep(tiny_model("llama", "llama-gqa"), num_blocks=16, block_size=4)
+    assert not step.backend.queues_work
+    order, forward = [], step.executor.forward_batch
+
+    def traced(*a, **kw):
+        order.append("forward")
+        return forward(*a, **kw)
+
+    step.executor.forward_batch = traced
+    step.run([StepItem("a", IDS[:5], 0, [0, 1])], while_running=lambda: order.append("deliver"))
+    assert order == ["deliver", "forward"]
+
