@@ -98,9 +98,15 @@ def summarise(lines: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m rocmforge.engine.step_trace",
-                                 description="Summarise an engine step trace (ROCMFORGE_STEP_TRACE=FILE).")
-    ap.add_argument("file")
+    ap = argparse.ArgumentParser(
+        prog="python3 -m rocmforge.engine.step_trace",
+        description="Summarise an engine step trace: p50 / p99 / max of each step's scheduling, model step "
+                    "(fwd), sampling and hand-off to the server, for decode-only steps and for steps with "
+                    "prompt rows (mixed).",
+        epilog="example:\n  ROCMFORGE_STEP_TRACE=/tmp/steps.jsonl rocmforge serve smollm2   # then send requests\n"
+               "  python3 -m rocmforge.engine.step_trace /tmp/steps.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("file", help="the JSON-lines file ROCMFORGE_STEP_TRACE wrote (one line per engine step)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     a = ap.parse_args(argv)
     with open(a.file) as f:
