@@ -185,7 +185,7 @@ class LLMEngine:
 
     def _forward(self, items: list[StepItem], while_running=None) -> list:
         try:
-            return self.runner.run(items, while_running) if while_running is not None else self.runner.run(items)
+            return self.runner.run(items, while_running)
         except Exception as exc:     # noqa: BLE001 - one bad sequence must not take the batch down
             if len(items) == 1:
                 log.warning("model step failed for %s: %s", items[0].seq_id, _describe(exc))
