@@ -92,4 +92,3 @@ def test_on_the_cpu_while_running_comes_before_the_forward(tiny_model):
     step.executor.forward_batch = traced
     step.run([StepItem("a", IDS[:5], 0, [0, 1])], while_running=lambda: order.append("deliver"))
     assert order == ["deliver", "forward"]
-
